@@ -1,0 +1,50 @@
+//! `vigil-certs`: writes vigil's development PKI into a directory.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// Generate the development PKI (CA, servers, NATS users, devices, analysts,
+/// and a foreign CA for negative tests).
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Output directory (keep it out of git; `certs/out` is ignored).
+    #[arg(long, env = "VIGIL_CERTS_DIR", default_value = "certs/out")]
+    out: PathBuf,
+    /// Devices to issue, as `tenant/device`; repeat the flag. Default: two
+    /// devices in each of the tenants acme and globex.
+    #[arg(long = "device", value_parser = parse_device)]
+    devices: Vec<(String, String)>,
+    /// Analyst users to issue; repeat the flag. Default: analyst.
+    #[arg(long = "user")]
+    users: Vec<String>,
+    /// Validity of leaf certificates in days.
+    #[arg(long, default_value_t = 90)]
+    days: i64,
+}
+
+fn parse_device(s: &str) -> Result<(String, String), String> {
+    let valid = |p: &str| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    match s.split_once('/') {
+        Some((t, d)) if valid(t) && valid(d) => Ok((t.to_owned(), d.to_owned())),
+        _ => Err(format!("expected tenant/device with [A-Za-z0-9_-], got {s:?}")),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut options = vigil_certs::Options { validity_days: args.days, ..Default::default() };
+    if !args.devices.is_empty() {
+        options.devices = args.devices;
+    }
+    if !args.users.is_empty() {
+        options.users = args.users;
+    }
+    let pki = vigil_certs::generate(&args.out, &options)?;
+    println!("wrote vigil PKI to {}", pki.dir.display());
+    for (tenant, device, _) in pki.devices()? {
+        println!("  device {tenant}/{device}");
+    }
+    Ok(())
+}

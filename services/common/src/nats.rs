@@ -1,0 +1,30 @@
+//! Connecting to NATS as a service's own user: TLS with the service's client
+//! certificate (nats-server maps its URI SAN to the user), and the service's
+//! own inbox prefix.
+
+use std::time::Duration;
+
+use crate::config::NatsSettings;
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot connect to NATS at {url}: {source}")]
+pub struct NatsConnectError {
+    url: String,
+    #[source]
+    source: async_nats::ConnectError,
+}
+
+/// Connects, failing if the server is not reachable now (start-up should
+/// fail loudly, not hang). Later disconnects are retried by async-nats.
+pub async fn connect(settings: &NatsSettings, name: &str) -> Result<async_nats::Client, NatsConnectError> {
+    async_nats::ConnectOptions::new()
+        .name(name)
+        .require_tls(true)
+        .add_root_certificates(settings.ca.clone())
+        .add_client_certificate(settings.cert.clone(), settings.key.clone())
+        .custom_inbox_prefix(&settings.inbox_prefix)
+        .connection_timeout(Duration::from_secs(5))
+        .connect(settings.url.as_str())
+        .await
+        .map_err(|source| NatsConnectError { url: settings.url.clone(), source })
+}

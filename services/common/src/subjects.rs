@@ -1,0 +1,46 @@
+//! Every NATS subject, stream and consumer name vigil uses, built here and
+//! nowhere else. `nats-config/users.conf` grants each service exactly these.
+
+/// The stream that holds accepted events (`events.>`).
+pub const EVENTS_STREAM: &str = "EVENTS";
+/// Subjects of [`EVENTS_STREAM`].
+pub const EVENTS_WILDCARD: &str = "events.>";
+/// The writer's durable pull consumer on [`EVENTS_STREAM`].
+pub const WRITER_CONSUMER: &str = "writer";
+/// Request/reply subject the reader answers `ListEvents` on.
+pub const QUERY_EVENTS: &str = "query.events";
+/// Queue group of the readers on [`QUERY_EVENTS`], so each request is
+/// answered once however many readers run.
+pub const QUERY_QUEUE_GROUP: &str = "reader";
+
+/// `Content-Type` header of every protobuf payload vigil publishes.
+pub const PROTOBUF_CONTENT_TYPE: &str = "application/x-protobuf";
+/// Header naming the protobuf message type of the payload.
+pub const MESSAGE_TYPE_HEADER: &str = "Vigil-Message-Type";
+/// Header carrying an error reason on a NATS reply (NATS micro convention).
+pub const SERVICE_ERROR_HEADER: &str = "Nats-Service-Error";
+pub const SERVICE_ERROR_CODE_HEADER: &str = "Nats-Service-Error-Code";
+
+/// `events.<tenant>.<class_uid>`: where the gateway publishes a batch of one
+/// tenant's events of one class. `tenant` must be a valid identity name
+/// ([`crate::identity::is_valid_name`]), which keeps it one subject token.
+pub fn events_subject(tenant: &str, class_uid: i32) -> String {
+    debug_assert!(crate::identity::is_valid_name(tenant));
+    format!("events.{tenant}.{class_uid}")
+}
+
+/// The inbox prefix of a service's NATS user (`_INBOX_<service>`): replies
+/// to its requests arrive there and only there.
+pub fn inbox_prefix(service: &str) -> String {
+    format!("_INBOX_{service}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_subject_has_three_tokens() {
+        assert_eq!(events_subject("acme", 3002), "events.acme.3002");
+    }
+}
