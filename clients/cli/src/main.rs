@@ -1,1 +1,264 @@
-fn main() {}
+//! `vigil`: the analyst's and operator's command line.
+//!
+//! Data goes to stdout (a table, or JSON with `-o json`); diagnostics go to
+//! stderr. Exit codes: 0 ok, 2 usage, 3 cannot connect, 4 refused identity,
+//! 5 invalid request, 1 anything else.
+
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use vigil_client::{ClientError, TlsFiles};
+use vigil_proto::ingest::v1::PublishRequest;
+use vigil_proto::ingest::v1::ingest_service_client::IngestServiceClient;
+use vigil_proto::query::v1::query_service_client::QueryServiceClient;
+use vigil_proto::query::v1::{GetEventRequest, ListEventsRequest};
+
+#[derive(Parser)]
+#[command(name = "vigil", version, about = "Query and feed the vigil security-event mesh")]
+struct Cli {
+    /// Reader (QueryService) address.
+    #[arg(long, global = true, env = "VIGIL_READER_ADDR", default_value = "https://127.0.0.1:4445")]
+    reader: String,
+    /// Gateway (IngestService) address.
+    #[arg(long, global = true, env = "VIGIL_GATEWAY_ADDR", default_value = "https://127.0.0.1:4443")]
+    gateway: String,
+    /// CA certificate the servers' certificates chain to.
+    #[arg(long, global = true, env = "VIGIL_CA", default_value = "certs/out/ca.crt")]
+    ca: PathBuf,
+    /// Your (analyst) certificate.
+    #[arg(long, global = true, env = "VIGIL_CERT", default_value = "certs/out/users/analyst.crt")]
+    cert: PathBuf,
+    /// Your (analyst) private key.
+    #[arg(long, global = true, env = "VIGIL_KEY", default_value = "certs/out/users/analyst.key")]
+    key: PathBuf,
+    /// Output format.
+    #[arg(short, long, global = true, env = "VIGIL_OUTPUT", default_value = "table")]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List events, newest first (e.g. `vigil events --min-severity high --limit 10`).
+    Events {
+        /// Only events at or above this severity (informational, low, medium, high, critical, fatal).
+        #[arg(long, value_parser = parse_severity)]
+        min_severity: Option<i32>,
+        /// Only these OCSF class uids (repeat the flag).
+        #[arg(long = "class")]
+        classes: Vec<i32>,
+        /// Only events from this device id.
+        #[arg(long)]
+        device: Option<String>,
+        /// Only events newer than this (e.g. 90s, 15m, 2h, 7d).
+        #[arg(long, value_parser = parse_duration)]
+        since: Option<Duration>,
+        /// At most this many events (the reader caps pages at 1000).
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Continue from a previous page's token.
+        #[arg(long)]
+        page_token: Option<String>,
+    },
+    /// Show one event by id.
+    Event { event_id: String },
+    /// Send one test event as a device.
+    Send {
+        /// Device certificate (its URI SAN names tenant and device).
+        #[arg(long, env = "VIGIL_DEVICE_CERT", default_value = "certs/out/devices/acme.cam-01.crt")]
+        device_cert: PathBuf,
+        #[arg(long, env = "VIGIL_DEVICE_KEY", default_value = "certs/out/devices/acme.cam-01.key")]
+        device_key: PathBuf,
+        /// auth-success, auth-failure, process, network, dns or file.
+        #[arg(long, default_value = "auth-failure")]
+        kind: String,
+        /// Override the severity.
+        #[arg(long, value_parser = parse_severity)]
+        severity: Option<i32>,
+        /// Override the message.
+        #[arg(long)]
+        message: Option<String>,
+    },
+    /// Operator commands.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Create the JetStream streams and durable consumers (idempotent).
+    Provision {
+        #[arg(long, env = "VIGIL_NATS_URL", default_value = "tls://127.0.0.1:4333")]
+        nats_url: String,
+        /// The admin NATS user's certificate.
+        #[arg(long, env = "VIGIL_NATS_ADMIN_CERT", default_value = "certs/out/nats/admin.crt")]
+        nats_cert: PathBuf,
+        #[arg(long, env = "VIGIL_NATS_ADMIN_KEY", default_value = "certs/out/nats/admin.key")]
+        nats_key: PathBuf,
+    },
+}
+
+fn parse_severity(s: &str) -> Result<i32, String> {
+    vigil_client::names::parse_severity(s)
+        .map(|s| s as i32)
+        .ok_or_else(|| format!("unknown severity {s:?} (informational, low, medium, high, critical, fatal)"))
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = number.parse().map_err(|_| format!("expected a duration like 15m, got {s:?}"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("unknown unit in {s:?} (use s, m, h or d)")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+/// A failure, with the exit code that classifies it.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        let code = match e {
+            ClientError::Read { .. } | ClientError::BadAddress { .. } => 2,
+            ClientError::Connect { .. } => 3,
+        };
+        Failure { code, message: e.to_string() }
+    }
+}
+
+fn status_failure(what: &str, addr: &str, status: tonic::Status) -> Failure {
+    use tonic::Code;
+    let detail = status.message();
+    let lower = detail.to_ascii_lowercase();
+    let (code, message) = match status.code() {
+        Code::PermissionDenied => (4, format!("{what}: refused identity: {detail}")),
+        Code::Unauthenticated => (4, format!("{what}: not authenticated: {detail}")),
+        Code::InvalidArgument => (5, format!("{what}: invalid request: {detail}")),
+        Code::NotFound => (1, format!("{what}: {detail}")),
+        Code::Unavailable | Code::Unknown
+            if ["tls", "certificate", "handshake", "connection reset", "broken pipe", "alert"].iter().any(|w| lower.contains(w)) =>
+        {
+            (4, format!("{what}: {addr} refused the connection; is your certificate issued by the vigil CA and valid? ({detail})"))
+        }
+        Code::Unavailable => (3, format!("{what}: {addr} unavailable: {detail}")),
+        _ => (1, format!("{what}: {} {detail}", status.code())),
+    };
+    Failure { code, message }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("vigil: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let analyst = TlsFiles { ca: cli.ca.clone(), cert: cli.cert.clone(), key: cli.key.clone() };
+    match cli.command {
+        Command::Events { min_severity, classes, device, since, limit, page_token } => {
+            let channel = vigil_client::connect(&cli.reader, &analyst).await?;
+            let mut client = QueryServiceClient::new(channel);
+            let start_time = since.map_or(0, |d| {
+                chrono::Utc::now().timestamp_millis() - i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2)
+            });
+            let request = ListEventsRequest {
+                min_severity: min_severity.unwrap_or(0),
+                class_uids: classes,
+                source_device: device.unwrap_or_default(),
+                start_time,
+                end_time: 0,
+                limit,
+                page_token: page_token.unwrap_or_default(),
+            };
+            let response = client
+                .list_events(request)
+                .await
+                .map_err(|s| status_failure("events", &cli.reader, s))?
+                .into_inner();
+            output::events(cli.output, &response.events, &response.next_page_token);
+            Ok(())
+        }
+        Command::Event { event_id } => {
+            let channel = vigil_client::connect(&cli.reader, &analyst).await?;
+            let response = QueryServiceClient::new(channel)
+                .get_event(GetEventRequest { event_id })
+                .await
+                .map_err(|s| status_failure("event", &cli.reader, s))?
+                .into_inner();
+            if let Some(event) = response.event {
+                output::event(cli.output, &event);
+            }
+            Ok(())
+        }
+        Command::Send { device_cert, device_key, kind, severity, message } => {
+            let kind = vigil_client::events::Kind::parse(&kind).ok_or_else(|| Failure {
+                code: 2,
+                message: format!("unknown kind {kind:?} (auth-success, auth-failure, process, network, dns, file)"),
+            })?;
+            let mut event = vigil_client::events::sample(kind, &mut rand::rng(), chrono::Utc::now().timestamp_millis());
+            if let Some(s) = severity {
+                event.severity_id = s;
+            }
+            if let Some(m) = message {
+                event.message = m;
+            }
+            let device = TlsFiles { ca: cli.ca.clone(), cert: device_cert, key: device_key };
+            let channel = vigil_client::connect(&cli.gateway, &device).await?;
+            let id = event.event_id.clone();
+            let response = IngestServiceClient::new(channel)
+                .publish(PublishRequest { events: vec![event] })
+                .await
+                .map_err(|s| status_failure("send", &cli.gateway, s))?
+                .into_inner();
+            if let Some(r) = response.rejected.first() {
+                return Err(Failure { code: 5, message: format!("send: event rejected: {}: {}", r.field, r.reason) });
+            }
+            output::sent(cli.output, &id);
+            Ok(())
+        }
+        Command::Admin { command: AdminCommand::Provision { nats_url, nats_cert, nats_key } } => {
+            let settings = vigil_common::config::NatsSettings {
+                url: nats_url,
+                ca: cli.ca.clone(),
+                cert: nats_cert,
+                key: nats_key,
+                inbox_prefix: vigil_common::subjects::inbox_prefix("admin"),
+            };
+            let client = vigil_common::nats::connect(&settings, "vigil-admin")
+                .await
+                .map_err(|e| Failure { code: 3, message: e.to_string() })?;
+            vigil_common::provision::provision(&client, &vigil_common::provision::StreamLimits::default())
+                .await
+                .map_err(|e| Failure { code: 1, message: e.to_string() })?;
+            let _ = client.flush().await;
+            eprintln!("provisioned stream {} and consumer {}", vigil_common::subjects::EVENTS_STREAM, vigil_common::subjects::WRITER_CONSUMER);
+            Ok(())
+        }
+    }
+}

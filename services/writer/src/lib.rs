@@ -1,1 +1,315 @@
-//! placeholder
+//! The vigil writer: a durable pull consumer on EVENTS that inserts events
+//! into Postgres in batches and acknowledges each NATS message only after
+//! the transaction holding its events has committed.
+//!
+//! Exactly once in Postgres = at-least-once delivery from JetStream +
+//! an idempotent insert (`ON CONFLICT (tenant, event_id) DO NOTHING`).
+//!
+//! - [`store`]: the schema ([`MIGRATOR`]) and the batch insert.
+//! - this file: configuration, [`build`], the consume loop.
+
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::{self, AckKind};
+use futures::StreamExt;
+use prost::Message as _;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use vigil_common::config::{ConfigErrors, InvalidConfig, NatsSettings};
+use vigil_common::subjects::{EVENTS_STREAM, WRITER_CONSUMER};
+use vigil_proto::event::v1::EventBatch;
+
+pub use store::MIGRATOR;
+
+/// Name the writer reports readiness under on its health port.
+pub const HEALTH_SERVICE: &str = "vigil.writer";
+
+/// Writer settings; every one is a flag and a `VIGIL_WRITER_*` env var.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Postgres URL (e.g. postgres://vigil@127.0.0.1:5432/vigil).
+    #[arg(long, env = "VIGIL_WRITER_DATABASE_URL")]
+    pub database_url: String,
+    /// Apply pending migrations at start-up.
+    #[arg(long, env = "VIGIL_WRITER_MIGRATE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub migrate: bool,
+    #[arg(
+        long,
+        env = "VIGIL_WRITER_HEALTH_LISTEN",
+        default_value = "127.0.0.1:4454"
+    )]
+    pub health_listen: SocketAddr,
+    #[arg(
+        long,
+        env = "VIGIL_WRITER_NATS_URL",
+        default_value = "tls://127.0.0.1:4333"
+    )]
+    pub nats_url: String,
+    #[arg(long, env = "VIGIL_WRITER_NATS_CA", default_value = "certs/out/ca.crt")]
+    pub nats_ca: PathBuf,
+    #[arg(
+        long,
+        env = "VIGIL_WRITER_NATS_CERT",
+        default_value = "certs/out/nats/writer.crt"
+    )]
+    pub nats_cert: PathBuf,
+    #[arg(
+        long,
+        env = "VIGIL_WRITER_NATS_KEY",
+        default_value = "certs/out/nats/writer.key"
+    )]
+    pub nats_key: PathBuf,
+    /// Insert once this many NATS messages (each an EventBatch) are pending...
+    #[arg(long, env = "VIGIL_WRITER_BATCH_MAX_MESSAGES", default_value_t = 200)]
+    pub batch_max_messages: usize,
+    /// ...or once the oldest pending message has waited this long.
+    #[arg(long, env = "VIGIL_WRITER_BATCH_MAX_WAIT_MS", default_value_t = 100)]
+    pub batch_max_wait_ms: u64,
+}
+
+impl Config {
+    pub fn nats(&self) -> NatsSettings {
+        NatsSettings {
+            url: self.nats_url.clone(),
+            ca: self.nats_ca.clone(),
+            cert: self.nats_cert.clone(),
+            key: self.nats_key.clone(),
+            inbox_prefix: vigil_common::subjects::inbox_prefix("writer"),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
+        let mut errors = ConfigErrors::new();
+        if !(self.database_url.starts_with("postgres://")
+            || self.database_url.starts_with("postgresql://"))
+        {
+            errors.add("VIGIL_WRITER_DATABASE_URL", "must be a postgres:// URL");
+        }
+        self.nats().check("VIGIL_WRITER", &mut errors);
+        if self.batch_max_messages == 0 {
+            errors.add("VIGIL_WRITER_BATCH_MAX_MESSAGES", "must be at least 1");
+        }
+        if self.batch_max_wait_ms == 0 || self.batch_max_wait_ms > 60_000 {
+            errors.add("VIGIL_WRITER_BATCH_MAX_WAIT_MS", "must be 1 to 60000");
+        }
+        errors.into_result()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriterError {
+    #[error(transparent)]
+    Config(#[from] InvalidConfig),
+    #[error(transparent)]
+    Nats(#[from] vigil_common::nats::NatsConnectError),
+    #[error(
+        "cannot open consumer {WRITER_CONSUMER} on {EVENTS_STREAM} (was the admin provisioning run?): {0}"
+    )]
+    Consumer(String),
+    #[error("cannot connect to postgres: {0}")]
+    Database(#[source] sqlx::Error),
+    #[error("migrations failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+pub struct Writer {
+    pool: PgPool,
+    nats: async_nats::Client,
+    consumer: PullConsumer,
+    health_listener: TcpListener,
+    batch_max_messages: usize,
+    batch_max_wait: Duration,
+}
+
+/// Connects to Postgres (migrating if configured) and NATS, opens the
+/// durable consumer, binds the health port.
+pub async fn build(config: &Config) -> Result<Writer, WriterError> {
+    config.validate()?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(&config.database_url)
+        .await
+        .map_err(WriterError::Database)?;
+    if config.migrate {
+        MIGRATOR.run(&pool).await?;
+    }
+    let nats = vigil_common::nats::connect(&config.nats(), "vigil-writer").await?;
+    let js = jetstream::new(nats.clone());
+    let consumer: PullConsumer = js
+        .get_consumer_from_stream(WRITER_CONSUMER, EVENTS_STREAM)
+        .await
+        .map_err(|e| WriterError::Consumer(e.to_string()))?;
+    let addr = config.health_listen;
+    let health_listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| WriterError::Bind { addr, source })?;
+    Ok(Writer {
+        pool,
+        nats,
+        consumer,
+        health_listener,
+        batch_max_messages: config.batch_max_messages,
+        batch_max_wait: Duration::from_millis(config.batch_max_wait_ms),
+    })
+}
+
+impl Writer {
+    pub fn health_addr(&self) -> std::io::Result<SocketAddr> {
+        self.health_listener.local_addr()
+    }
+
+    /// Consumes until `shutdown`; then stops pulling, finishes the batch in
+    /// hand (commit, then ack), and returns. Anything not acked is
+    /// redelivered to the next writer.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), WriterError> {
+        let Writer {
+            pool,
+            nats,
+            consumer,
+            health_listener,
+            batch_max_messages,
+            batch_max_wait,
+        } = self;
+        let (health, health_task) = vigil_common::health::serve(health_listener, shutdown.clone());
+        health
+            .set_service_status(HEALTH_SERVICE, tonic_health::ServingStatus::Serving)
+            .await;
+        let mut backoff = Duration::from_millis(100);
+        while !shutdown.is_cancelled() {
+            let messages = consumer
+                .stream()
+                .max_messages_per_batch(1000)
+                .heartbeat(Duration::from_secs(5))
+                .expires(Duration::from_secs(30))
+                .messages()
+                .await;
+            let mut messages = match messages {
+                Ok(m) => m,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot pull from jetstream, retrying");
+                    health
+                        .set_service_status(HEALTH_SERVICE, tonic_health::ServingStatus::NotServing)
+                        .await;
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(100);
+            loop {
+                let mut pending = Vec::new();
+                let mut taken = 1usize;
+                // Wait for the first message of a batch...
+                let first = tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    next = messages.next() => next,
+                };
+                match first {
+                    Some(Ok(m)) => pending.push(m),
+                    Some(Err(error)) => {
+                        tracing::warn!(%error, "pull stream error");
+                        continue;
+                    }
+                    None => break,
+                }
+                // ...then take more until the batch is full or old enough.
+                let deadline = tokio::time::Instant::now() + batch_max_wait;
+                while taken < batch_max_messages {
+                    match tokio::time::timeout_at(deadline, messages.next()).await {
+                        Ok(Some(Ok(m))) => {
+                            taken += 1;
+                            pending.push(m);
+                        }
+                        Ok(Some(Err(error))) => tracing::warn!(%error, "pull stream error"),
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+                let ok = write_batch(&pool, pending).await;
+                let status = if ok {
+                    tonic_health::ServingStatus::Serving
+                } else {
+                    tonic_health::ServingStatus::NotServing
+                };
+                health.set_service_status(HEALTH_SERVICE, status).await;
+            }
+        }
+        health
+            .set_service_status(HEALTH_SERVICE, tonic_health::ServingStatus::NotServing)
+            .await;
+        if let Err(error) = nats.flush().await {
+            tracing::warn!(%error, "nats flush on shutdown failed");
+        }
+        pool.close().await;
+        let _ = health_task.await;
+        tracing::info!("writer stopped");
+        Ok(())
+    }
+}
+
+/// Decodes, inserts in one transaction, then acks. Returns whether Postgres
+/// took the batch.
+async fn write_batch(pool: &PgPool, messages: Vec<jetstream::Message>) -> bool {
+    let mut rows = Vec::new();
+    let mut good = Vec::with_capacity(messages.len());
+    for message in messages {
+        match EventBatch::decode(message.payload.as_ref()) {
+            Ok(batch) => {
+                rows.extend(batch.events.into_iter().filter_map(|e| store::Row::try_from(e).map_err(|error| {
+                        tracing::error!(subject = %message.subject, %error, "event in batch cannot be stored, skipped");
+                    }).ok()));
+                good.push(message);
+            }
+            Err(error) => {
+                // Only the gateway may publish here, so this is a bug or
+                // tampering; it will never decode, so redelivery is
+                // pointless. (A dead-letter stream is the next step.)
+                tracing::error!(subject = %message.subject, %error, "undecodable message terminated");
+                if let Err(error) = message.ack_with(AckKind::Term).await {
+                    tracing::warn!(%error, "term failed");
+                }
+            }
+        }
+    }
+    match store::insert_events(pool, &rows).await {
+        Ok(inserted) => {
+            tracing::debug!(
+                messages = good.len(),
+                events = rows.len(),
+                inserted,
+                "batch committed"
+            );
+            for message in good {
+                // Committed: if this ack is lost the message comes back
+                // and the insert skips it.
+                if let Err(error) = message.ack().await {
+                    tracing::warn!(%error, "ack failed; message will be redelivered and deduplicated");
+                }
+            }
+            true
+        }
+        Err(error) => {
+            tracing::warn!(%error, events = rows.len(), "insert failed; messages will be redelivered");
+            for message in good {
+                let _ = message
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(2))))
+                    .await;
+            }
+            false
+        }
+    }
+}

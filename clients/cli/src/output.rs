@@ -1,0 +1,114 @@
+//! Rendering for humans (tables) and machines (JSON).
+
+use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
+use serde_json::{Value, json};
+use vigil_client::names::{class_name, severity_name};
+use vigil_proto::event::v1::SecurityEvent;
+
+use crate::Output;
+
+fn time(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S%.3fZ").to_string())
+        .unwrap_or_else(|| ms.to_string())
+}
+
+pub fn event_json(e: &SecurityEvent) -> Value {
+    let meta = e.metadata.clone().unwrap_or_default();
+    let endpoint = |ep: &Option<vigil_proto::event::v1::NetworkEndpoint>| {
+        ep.as_ref().map(|ep| json!({"ip": ep.ip, "port": ep.port, "hostname": ep.hostname}))
+    };
+    json!({
+        "event_id": e.event_id,
+        "time": time(e.time),
+        "time_ms": e.time,
+        "tenant": meta.tenant,
+        "device": meta.device,
+        "class_uid": e.class_uid,
+        "class_name": class_name(e.class_uid),
+        "category_uid": e.category_uid,
+        "activity_id": e.activity_id,
+        "type_uid": e.type_uid,
+        "severity_id": e.severity_id,
+        "severity": severity_name(e.severity_id),
+        "status_id": e.status_id,
+        "message": e.message,
+        "actor": e.actor.as_ref().map(|a| json!({
+            "user": a.user.as_ref().map(|u| u.name.clone()),
+            "process_name": a.process_name,
+        })),
+        "src_endpoint": endpoint(&e.src_endpoint),
+        "dst_endpoint": endpoint(&e.dst_endpoint),
+        "metadata": {
+            "version": meta.version,
+            "product": meta.product.as_ref().map(|p| p.name.clone()),
+            "ingest_time": time(meta.ingest_time),
+        },
+        "unmapped": e.unmapped,
+    })
+}
+
+pub fn events(output: Output, events: &[SecurityEvent], next_page_token: &str) {
+    match output {
+        Output::Json => {
+            let body = json!({
+                "events": events.iter().map(event_json).collect::<Vec<_>>(),
+                "next_page_token": next_page_token,
+            });
+            println!("{body:#}");
+        }
+        Output::Table => {
+            let mut table = Table::new();
+            table
+                .load_preset(UTF8_FULL_CONDENSED)
+                .set_content_arrangement(ContentArrangement::Dynamic)
+                .set_header(["time", "tenant", "device", "class", "severity", "message"]);
+            for e in events {
+                let meta = e.metadata.clone().unwrap_or_default();
+                table.add_row([
+                    time(e.time),
+                    meta.tenant,
+                    meta.device,
+                    class_name(e.class_uid),
+                    severity_name(e.severity_id),
+                    e.message.clone(),
+                ]);
+            }
+            println!("{table}");
+            if events.is_empty() {
+                eprintln!("no matching events");
+            }
+            if !next_page_token.is_empty() {
+                eprintln!("more: --page-token {next_page_token}");
+            }
+        }
+    }
+}
+
+pub fn event(output: Output, e: &SecurityEvent) {
+    let value = event_json(e);
+    match output {
+        Output::Json => println!("{value:#}"),
+        Output::Table => {
+            let mut table = Table::new();
+            table.load_preset(UTF8_FULL_CONDENSED);
+            if let Value::Object(map) = value {
+                for (k, v) in map {
+                    let text = match v {
+                        Value::String(s) => s,
+                        other => other.to_string(),
+                    };
+                    table.add_row([k, text]);
+                }
+            }
+            println!("{table}");
+        }
+    }
+}
+
+pub fn sent(output: Output, event_id: &str) {
+    match output {
+        Output::Json => println!("{}", json!({"event_id": event_id, "status": "durable"})),
+        Output::Table => println!("sent {event_id} (durable)"),
+    }
+}
