@@ -1,1 +1,376 @@
-//! placeholder
+//! A harness that boots the real vigil mesh for a test: its own
+//! `nats-server` (2.10+) from `nats-config/` on a free port with its own
+//! store, a fresh Postgres database with the migrations applied, a fresh
+//! PKI, and the gateway, writer and reader in-process on port 0. Everything
+//! is torn down on drop (server killed, database dropped, files removed),
+//! so tests run in parallel and leave nothing behind.
+//!
+//! Environment:
+//! - `VIGIL_NATS_SERVER`: path of the nats-server binary (otherwise
+//!   `.tools/venv/bin/nats-server`, then `nats-server` on PATH; whichever is
+//!   2.10 or newer).
+//! - `VIGIL_TEST_DATABASE_URL`: a Postgres URL whose user may create
+//!   databases (default `postgres://postgres@127.0.0.1:5432/postgres`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use sqlx::{Connection, PgPool};
+use tokio_util::sync::CancellationToken;
+use vigil_certs::Pki;
+use vigil_client::TlsFiles;
+use vigil_common::config::NatsSettings;
+use vigil_proto::ingest::v1::ingest_service_client::IngestServiceClient;
+use vigil_proto::query::v1::query_service_client::QueryServiceClient;
+
+pub use tonic::transport::Channel;
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// Polls `predicate` every 25 ms until it holds or `timeout` passes.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut predicate: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if predicate().await {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn nats_version(binary: &Path) -> Option<(u32, u32)> {
+    let out = Command::new(binary).arg("--version").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let v = text
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix('v').filter(|rest| rest.starts_with(|c: char| c.is_ascii_digit())))?;
+    let mut parts = v.split('.');
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// A nats-server 2.10 or newer, or an error saying how to get one.
+pub fn nats_server_binary() -> anyhow::Result<PathBuf> {
+    let mut candidates = Vec::new();
+    if let Ok(p) = std::env::var("VIGIL_NATS_SERVER") {
+        candidates.push(PathBuf::from(p));
+    }
+    candidates.push(workspace_root().join(".tools/venv/bin/nats-server"));
+    candidates.push(PathBuf::from("nats-server"));
+    for c in &candidates {
+        if let Some(v) = nats_version(c) {
+            if v >= (2, 10) {
+                return Ok(c.clone());
+            }
+        }
+    }
+    bail!("no nats-server 2.10+ found (tried {candidates:?}); run deploy/install-nats or set VIGIL_NATS_SERVER")
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A nats-server child process started from `nats-config/nats-server.conf`.
+pub struct NatsServer {
+    child: Option<Child>,
+    binary: PathBuf,
+    pki: Pki,
+    pub port: u16,
+    store: tempfile::TempDir,
+}
+
+impl NatsServer {
+    pub async fn start(pki: &Pki) -> anyhow::Result<Self> {
+        let binary = nats_server_binary()?;
+        let store = tempfile::tempdir()?;
+        let mut server = NatsServer { child: None, binary, pki: pki.clone(), port: 0, store };
+        for _ in 0..5 {
+            server.port = free_port()?;
+            if server.spawn().await.is_ok() {
+                return Ok(server);
+            }
+        }
+        bail!("nats-server did not start; see {}", server.store.path().join("nats.log").display())
+    }
+
+    pub fn url(&self) -> String {
+        format!("tls://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts (again) on the same port and store.
+    pub async fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::File::create(self.store.path().join("nats.log"))?;
+        let mut child = Command::new(&self.binary)
+            .arg("-c")
+            .arg(workspace_root().join("nats-config/nats-server.conf"))
+            .env("VIGIL_NATS_PORT", self.port.to_string())
+            .env("VIGIL_NATS_STORE_DIR", self.store.path().join("js"))
+            .env("VIGIL_NATS_CERT", self.pki.server("nats").cert)
+            .env("VIGIL_NATS_KEY", self.pki.server("nats").key)
+            .env("VIGIL_NATS_CA", self.pki.ca())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("spawning {}", self.binary.display()))?;
+        let port = self.port;
+        let ready = wait_until(Duration::from_secs(10), "nats-server to listen", || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+        })
+        .await;
+        if ready.is_err() || child.try_wait()?.is_some() {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("nats-server exited or did not listen");
+        }
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILLs the server (the store survives for [`NatsServer::spawn`]).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Settings for connecting as one of the users in `nats-config/users.conf`.
+    pub fn settings(&self, user: &str) -> NatsSettings {
+        let paths = self.pki.nats_client(user);
+        NatsSettings {
+            url: self.url(),
+            ca: self.pki.ca(),
+            cert: paths.cert,
+            key: paths.key,
+            inbox_prefix: vigil_common::subjects::inbox_prefix(user),
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A database of its own, dropped (forcibly) on drop.
+pub struct TestDb {
+    pub url: String,
+    admin_url: String,
+    name: String,
+}
+
+impl TestDb {
+    pub async fn create() -> anyhow::Result<Self> {
+        let admin_url = std::env::var("VIGIL_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let name = format!("vigil_test_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = sqlx::PgConnection::connect(&admin_url)
+            .await
+            .with_context(|| format!("connecting to {admin_url} (set VIGIL_TEST_DATABASE_URL)"))?;
+        // Audited: `name` is generated above from a UUID.
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await?;
+        let base = admin_url.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap_or_else(|| admin_url.clone());
+        Ok(TestDb { url: format!("{base}/{name}"), admin_url, name })
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let admin_url = self.admin_url.clone();
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime; do the async work on a
+        // thread with its own.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            rt.block_on(async move {
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&admin_url).await {
+                    let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Knobs a test may turn before the mesh starts.
+#[derive(Debug, Clone)]
+pub struct MeshOptions {
+    pub publish_timeout_secs: u64,
+}
+
+impl Default for MeshOptions {
+    fn default() -> Self {
+        Self { publish_timeout_secs: 5 }
+    }
+}
+
+/// The whole mesh, running.
+pub struct Mesh {
+    pub pki: Pki,
+    pub nats: NatsServer,
+    pub db: TestDb,
+    pub pool: PgPool,
+    pub gateway_addr: SocketAddr,
+    pub reader_addr: SocketAddr,
+    shutdown: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    _pki_dir: tempfile::TempDir,
+}
+
+impl Mesh {
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(MeshOptions::default()).await
+    }
+
+    pub async fn start_with(options: MeshOptions) -> anyhow::Result<Self> {
+        let pki_dir = tempfile::tempdir()?;
+        let pki = vigil_certs::generate(pki_dir.path(), &vigil_certs::Options::default())?;
+        let nats = NatsServer::start(&pki).await?;
+        let admin = vigil_common::nats::connect(&nats.settings("admin"), "test-admin").await?;
+        vigil_common::provision::provision(&admin, &vigil_common::provision::StreamLimits::default()).await?;
+        admin.flush().await?;
+        let db = TestDb::create().await?;
+        let pool = PgPool::connect(&db.url).await?;
+        vigil_writer::MIGRATOR.run(&pool).await?;
+
+        let local: SocketAddr = "127.0.0.1:0".parse()?;
+        let server = |name: &str| pki.server(name);
+        let nats_client = |name: &str| pki.nats_client(name);
+        let gateway = vigil_gateway::build(&vigil_gateway::Config {
+            listen: local,
+            health_listen: local,
+            tls_cert: server("gateway").cert,
+            tls_key: server("gateway").key,
+            tls_client_ca: pki.ca(),
+            nats_url: nats.url(),
+            nats_ca: pki.ca(),
+            nats_cert: nats_client("gateway").cert,
+            nats_key: nats_client("gateway").key,
+            max_future_skew_secs: 300,
+            max_event_age_secs: 7 * 24 * 3600,
+            max_batch_events: 1000,
+            publish_timeout_secs: options.publish_timeout_secs,
+        })
+        .await?;
+        let writer = vigil_writer::build(&vigil_writer::Config {
+            database_url: db.url.clone(),
+            migrate: false,
+            health_listen: local,
+            nats_url: nats.url(),
+            nats_ca: pki.ca(),
+            nats_cert: nats_client("writer").cert,
+            nats_key: nats_client("writer").key,
+            batch_max_messages: 200,
+            batch_max_wait_ms: 50,
+        })
+        .await?;
+        let reader = vigil_reader::build(&vigil_reader::Config {
+            listen: local,
+            health_listen: local,
+            tls_cert: server("reader").cert,
+            tls_key: server("reader").key,
+            tls_client_ca: pki.ca(),
+            database_url: db.url.clone(),
+            nats_url: nats.url(),
+            nats_ca: pki.ca(),
+            nats_cert: nats_client("reader").cert,
+            nats_key: nats_client("reader").key,
+            query_timeout_secs: 10,
+        })
+        .await?;
+        let gateway_addr = gateway.local_addr()?;
+        let reader_addr = reader.local_addr()?;
+        let shutdown = CancellationToken::new();
+        let mut tasks = Vec::new();
+        let s = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = gateway.run_until_stopped(s).await {
+                eprintln!("gateway: {e}");
+            }
+        }));
+        let s = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = writer.run_until_stopped(s).await {
+                eprintln!("writer: {e}");
+            }
+        }));
+        let s = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = reader.run_until_stopped(s).await {
+                eprintln!("reader: {e}");
+            }
+        }));
+        Ok(Mesh { pki, nats, db, pool, gateway_addr, reader_addr, shutdown, tasks, _pki_dir: pki_dir })
+    }
+
+    pub fn gateway_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.gateway_addr.port())
+    }
+
+    pub fn reader_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.reader_addr.port())
+    }
+
+    pub fn device_files(&self, tenant: &str, device: &str) -> TlsFiles {
+        let p = self.pki.device(tenant, device);
+        TlsFiles { ca: self.pki.ca(), cert: p.cert, key: p.key }
+    }
+
+    pub fn analyst_files(&self) -> TlsFiles {
+        let p = self.pki.user("analyst");
+        TlsFiles { ca: self.pki.ca(), cert: p.cert, key: p.key }
+    }
+
+    /// An IngestService client holding a device's certificate.
+    pub async fn device(&self, tenant: &str, device: &str) -> anyhow::Result<IngestServiceClient<Channel>> {
+        Ok(IngestServiceClient::new(vigil_client::connect(&self.gateway_url(), &self.device_files(tenant, device)).await?))
+    }
+
+    /// A QueryService client holding the analyst's certificate.
+    pub async fn analyst(&self) -> anyhow::Result<QueryServiceClient<Channel>> {
+        Ok(QueryServiceClient::new(vigil_client::connect(&self.reader_url(), &self.analyst_files()).await?))
+    }
+
+    /// Rows in `events`.
+    pub async fn stored_events(&self) -> anyhow::Result<i64> {
+        Ok(sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&self.pool).await?)
+    }
+
+    /// Waits until `events` holds exactly `n` rows.
+    pub async fn wait_for_events(&self, n: i64) -> anyhow::Result<()> {
+        wait_until(Duration::from_secs(30), &format!("{n} stored events"), || async {
+            self.stored_events().await.ok() == Some(n)
+        })
+        .await
+    }
+
+    /// Stops the services (graceful drain) and waits for them.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        for task in self.tasks.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+        self.pool.close().await;
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
