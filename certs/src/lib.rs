@@ -111,7 +111,11 @@ impl Pki {
                     .and_then(|s| s.to_str())
                     .unwrap_or_default();
                 if let Some((tenant, device)) = stem.split_once('.') {
-                    out.push((tenant.to_owned(), device.to_owned(), self.device(tenant, device)));
+                    out.push((
+                        tenant.to_owned(),
+                        device.to_owned(),
+                        self.device(tenant, device),
+                    ));
                 }
             }
         }
@@ -177,13 +181,15 @@ pub fn generate(dir: &Path, options: &Options) -> anyhow::Result<Pki> {
         )?;
     }
     for user in &options.users {
-        issue_client(&ca, user, &user_uri(user), &pki.user(user), options.validity_days)?;
+        issue_client(
+            &ca,
+            user,
+            &user_uri(user),
+            &pki.user(user),
+            options.validity_days,
+        )?;
     }
-    let foreign = new_ca(
-        "foreign CA",
-        &pki.foreign_ca(),
-        &dir.join("foreign/ca.key"),
-    )?;
+    let foreign = new_ca("foreign CA", &pki.foreign_ca(), &dir.join("foreign/ca.key"))?;
     issue_client(
         &foreign,
         "acme/cam-01",
@@ -285,7 +291,11 @@ mod tests {
     fn generates_every_file_with_private_keys_0600() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let pki = generate(dir.path(), &Options::default())?;
-        let mut pairs = vec![pki.server("gateway"), pki.nats_client("writer"), pki.user("analyst")];
+        let mut pairs = vec![
+            pki.server("gateway"),
+            pki.nats_client("writer"),
+            pki.user("analyst"),
+        ];
         pairs.push(pki.foreign_device());
         for pair in pairs {
             assert!(fs::read_to_string(&pair.cert)?.starts_with("-----BEGIN CERTIFICATE-----"));

@@ -25,16 +25,25 @@ struct Args {
 }
 
 fn parse_device(s: &str) -> Result<(String, String), String> {
-    let valid = |p: &str| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    let valid = |p: &str| {
+        !p.is_empty()
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    };
     match s.split_once('/') {
         Some((t, d)) if valid(t) && valid(d) => Ok((t.to_owned(), d.to_owned())),
-        _ => Err(format!("expected tenant/device with [A-Za-z0-9_-], got {s:?}")),
+        _ => Err(format!(
+            "expected tenant/device with [A-Za-z0-9_-], got {s:?}"
+        )),
     }
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut options = vigil_certs::Options { validity_days: args.days, ..Default::default() };
+    let mut options = vigil_certs::Options {
+        validity_days: args.days,
+        ..Default::default()
+    };
     if !args.devices.is_empty() {
         options.devices = args.devices;
     }

@@ -29,11 +29,18 @@ use vigil_proto::query::v1::query_service_client::QueryServiceClient;
 pub use tonic::transport::Channel;
 
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 /// Polls `predicate` every 25 ms until it holds or `timeout` passes.
-pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut predicate: F) -> anyhow::Result<()>
+pub async fn wait_until<F, Fut>(
+    timeout: Duration,
+    what: &str,
+    mut predicate: F,
+) -> anyhow::Result<()>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -52,10 +59,12 @@ where
 
 fn nats_version(binary: &Path) -> Option<(u32, u32)> {
     let out = Command::new(binary).arg("--version").output().ok()?;
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    let v = text
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix('v').filter(|rest| rest.starts_with(|c: char| c.is_ascii_digit())))?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let v = text.split_whitespace().find_map(|w| {
+        w.strip_prefix('v')
+            .filter(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+    })?;
     let mut parts = v.split('.');
     Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
 }
@@ -69,17 +78,19 @@ pub fn nats_server_binary() -> anyhow::Result<PathBuf> {
     candidates.push(workspace_root().join(".tools/venv/bin/nats-server"));
     candidates.push(PathBuf::from("nats-server"));
     for c in &candidates {
-        if let Some(v) = nats_version(c) {
-            if v >= (2, 10) {
-                return Ok(c.clone());
-            }
+        if nats_version(c).is_some_and(|v| v >= (2, 10)) {
+            return Ok(c.clone());
         }
     }
-    bail!("no nats-server 2.10+ found (tried {candidates:?}); run deploy/install-nats or set VIGIL_NATS_SERVER")
+    bail!(
+        "no nats-server 2.10+ found (tried {candidates:?}); run deploy/install-nats or set VIGIL_NATS_SERVER"
+    )
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// A nats-server child process started from `nats-config/nats-server.conf`.
@@ -95,14 +106,23 @@ impl NatsServer {
     pub async fn start(pki: &Pki) -> anyhow::Result<Self> {
         let binary = nats_server_binary()?;
         let store = tempfile::tempdir()?;
-        let mut server = NatsServer { child: None, binary, pki: pki.clone(), port: 0, store };
+        let mut server = NatsServer {
+            child: None,
+            binary,
+            pki: pki.clone(),
+            port: 0,
+            store,
+        };
         for _ in 0..5 {
             server.port = free_port()?;
             if server.spawn().await.is_ok() {
                 return Ok(server);
             }
         }
-        bail!("nats-server did not start; see {}", server.store.path().join("nats.log").display())
+        bail!(
+            "nats-server did not start; see {}",
+            server.store.path().join("nats.log").display()
+        )
     }
 
     pub fn url(&self) -> String {
@@ -126,9 +146,15 @@ impl NatsServer {
             .spawn()
             .with_context(|| format!("spawning {}", self.binary.display()))?;
         let port = self.port;
-        let ready = wait_until(Duration::from_secs(10), "nats-server to listen", || async move {
-            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
-        })
+        let ready = wait_until(
+            Duration::from_secs(10),
+            "nats-server to listen",
+            || async move {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+            },
+        )
         .await;
         if ready.is_err() || child.try_wait()?.is_some() {
             let _ = child.kill();
@@ -182,9 +208,18 @@ impl TestDb {
             .await
             .with_context(|| format!("connecting to {admin_url} (set VIGIL_TEST_DATABASE_URL)"))?;
         // Audited: `name` is generated above from a UUID.
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await?;
-        let base = admin_url.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap_or_else(|| admin_url.clone());
-        Ok(TestDb { url: format!("{base}/{name}"), admin_url, name })
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await?;
+        let base = admin_url
+            .rsplit_once('/')
+            .map(|(b, _)| b.to_owned())
+            .unwrap_or_else(|| admin_url.clone());
+        Ok(TestDb {
+            url: format!("{base}/{name}"),
+            admin_url,
+            name,
+        })
     }
 }
 
@@ -195,11 +230,18 @@ impl Drop for TestDb {
         // Drop runs inside the test's runtime; do the async work on a
         // thread with its own.
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
             rt.block_on(async move {
                 if let Ok(mut conn) = sqlx::PgConnection::connect(&admin_url).await {
                     let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await;
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(sql))
+                        .execute(&mut conn)
+                        .await;
                 }
             });
         })
@@ -215,7 +257,9 @@ pub struct MeshOptions {
 
 impl Default for MeshOptions {
     fn default() -> Self {
-        Self { publish_timeout_secs: 5 }
+        Self {
+            publish_timeout_secs: 5,
+        }
     }
 }
 
@@ -242,7 +286,11 @@ impl Mesh {
         let pki = vigil_certs::generate(pki_dir.path(), &vigil_certs::Options::default())?;
         let nats = NatsServer::start(&pki).await?;
         let admin = vigil_common::nats::connect(&nats.settings("admin"), "test-admin").await?;
-        vigil_common::provision::provision(&admin, &vigil_common::provision::StreamLimits::default()).await?;
+        vigil_common::provision::provision(
+            &admin,
+            &vigil_common::provision::StreamLimits::default(),
+        )
+        .await?;
         admin.flush().await?;
         let db = TestDb::create().await?;
         let pool = PgPool::connect(&db.url).await?;
@@ -315,7 +363,17 @@ impl Mesh {
                 eprintln!("reader: {e}");
             }
         }));
-        Ok(Mesh { pki, nats, db, pool, gateway_addr, reader_addr, shutdown, tasks, _pki_dir: pki_dir })
+        Ok(Mesh {
+            pki,
+            nats,
+            db,
+            pool,
+            gateway_addr,
+            reader_addr,
+            shutdown,
+            tasks,
+            _pki_dir: pki_dir,
+        })
     }
 
     pub fn gateway_url(&self) -> String {
@@ -328,34 +386,54 @@ impl Mesh {
 
     pub fn device_files(&self, tenant: &str, device: &str) -> TlsFiles {
         let p = self.pki.device(tenant, device);
-        TlsFiles { ca: self.pki.ca(), cert: p.cert, key: p.key }
+        TlsFiles {
+            ca: self.pki.ca(),
+            cert: p.cert,
+            key: p.key,
+        }
     }
 
     pub fn analyst_files(&self) -> TlsFiles {
         let p = self.pki.user("analyst");
-        TlsFiles { ca: self.pki.ca(), cert: p.cert, key: p.key }
+        TlsFiles {
+            ca: self.pki.ca(),
+            cert: p.cert,
+            key: p.key,
+        }
     }
 
     /// An IngestService client holding a device's certificate.
-    pub async fn device(&self, tenant: &str, device: &str) -> anyhow::Result<IngestServiceClient<Channel>> {
-        Ok(IngestServiceClient::new(vigil_client::connect(&self.gateway_url(), &self.device_files(tenant, device)).await?))
+    pub async fn device(
+        &self,
+        tenant: &str,
+        device: &str,
+    ) -> anyhow::Result<IngestServiceClient<Channel>> {
+        Ok(IngestServiceClient::new(
+            vigil_client::connect(&self.gateway_url(), &self.device_files(tenant, device)).await?,
+        ))
     }
 
     /// A QueryService client holding the analyst's certificate.
     pub async fn analyst(&self) -> anyhow::Result<QueryServiceClient<Channel>> {
-        Ok(QueryServiceClient::new(vigil_client::connect(&self.reader_url(), &self.analyst_files()).await?))
+        Ok(QueryServiceClient::new(
+            vigil_client::connect(&self.reader_url(), &self.analyst_files()).await?,
+        ))
     }
 
     /// Rows in `events`.
     pub async fn stored_events(&self) -> anyhow::Result<i64> {
-        Ok(sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&self.pool).await?)
+        Ok(sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(&self.pool)
+            .await?)
     }
 
     /// Waits until `events` holds exactly `n` rows.
     pub async fn wait_for_events(&self, n: i64) -> anyhow::Result<()> {
-        wait_until(Duration::from_secs(30), &format!("{n} stored events"), || async {
-            self.stored_events().await.ok() == Some(n)
-        })
+        wait_until(
+            Duration::from_secs(30),
+            &format!("{n} stored events"),
+            || async { self.stored_events().await.ok() == Some(n) },
+        )
         .await
     }
 

@@ -18,25 +18,60 @@ use vigil_proto::query::v1::query_service_client::QueryServiceClient;
 use vigil_proto::query::v1::{GetEventRequest, ListEventsRequest};
 
 #[derive(Parser)]
-#[command(name = "vigil", version, about = "Query and feed the vigil security-event mesh")]
+#[command(
+    name = "vigil",
+    version,
+    about = "Query and feed the vigil security-event mesh"
+)]
 struct Cli {
     /// Reader (QueryService) address.
-    #[arg(long, global = true, env = "VIGIL_READER_ADDR", default_value = "https://127.0.0.1:4445")]
+    #[arg(
+        long,
+        global = true,
+        env = "VIGIL_READER_ADDR",
+        default_value = "https://127.0.0.1:4445"
+    )]
     reader: String,
     /// Gateway (IngestService) address.
-    #[arg(long, global = true, env = "VIGIL_GATEWAY_ADDR", default_value = "https://127.0.0.1:4443")]
+    #[arg(
+        long,
+        global = true,
+        env = "VIGIL_GATEWAY_ADDR",
+        default_value = "https://127.0.0.1:4443"
+    )]
     gateway: String,
     /// CA certificate the servers' certificates chain to.
-    #[arg(long, global = true, env = "VIGIL_CA", default_value = "certs/out/ca.crt")]
+    #[arg(
+        long,
+        global = true,
+        env = "VIGIL_CA",
+        default_value = "certs/out/ca.crt"
+    )]
     ca: PathBuf,
     /// Your (analyst) certificate.
-    #[arg(long, global = true, env = "VIGIL_CERT", default_value = "certs/out/users/analyst.crt")]
+    #[arg(
+        long,
+        global = true,
+        env = "VIGIL_CERT",
+        default_value = "certs/out/users/analyst.crt"
+    )]
     cert: PathBuf,
     /// Your (analyst) private key.
-    #[arg(long, global = true, env = "VIGIL_KEY", default_value = "certs/out/users/analyst.key")]
+    #[arg(
+        long,
+        global = true,
+        env = "VIGIL_KEY",
+        default_value = "certs/out/users/analyst.key"
+    )]
     key: PathBuf,
     /// Output format.
-    #[arg(short, long, global = true, env = "VIGIL_OUTPUT", default_value = "table")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "VIGIL_OUTPUT",
+        default_value = "table"
+    )]
     output: Output,
     #[command(subcommand)]
     command: Command,
@@ -76,9 +111,17 @@ enum Command {
     /// Send one test event as a device.
     Send {
         /// Device certificate (its URI SAN names tenant and device).
-        #[arg(long, env = "VIGIL_DEVICE_CERT", default_value = "certs/out/devices/acme.cam-01.crt")]
+        #[arg(
+            long,
+            env = "VIGIL_DEVICE_CERT",
+            default_value = "certs/out/devices/acme.cam-01.crt"
+        )]
         device_cert: PathBuf,
-        #[arg(long, env = "VIGIL_DEVICE_KEY", default_value = "certs/out/devices/acme.cam-01.key")]
+        #[arg(
+            long,
+            env = "VIGIL_DEVICE_KEY",
+            default_value = "certs/out/devices/acme.cam-01.key"
+        )]
         device_key: PathBuf,
         /// auth-success, auth-failure, process, network, dns or file.
         #[arg(long, default_value = "auth-failure")]
@@ -104,9 +147,17 @@ enum AdminCommand {
         #[arg(long, env = "VIGIL_NATS_URL", default_value = "tls://127.0.0.1:4333")]
         nats_url: String,
         /// The admin NATS user's certificate.
-        #[arg(long, env = "VIGIL_NATS_ADMIN_CERT", default_value = "certs/out/nats/admin.crt")]
+        #[arg(
+            long,
+            env = "VIGIL_NATS_ADMIN_CERT",
+            default_value = "certs/out/nats/admin.crt"
+        )]
         nats_cert: PathBuf,
-        #[arg(long, env = "VIGIL_NATS_ADMIN_KEY", default_value = "certs/out/nats/admin.key")]
+        #[arg(
+            long,
+            env = "VIGIL_NATS_ADMIN_KEY",
+            default_value = "certs/out/nats/admin.key"
+        )]
         nats_key: PathBuf,
     },
 }
@@ -114,12 +165,16 @@ enum AdminCommand {
 fn parse_severity(s: &str) -> Result<i32, String> {
     vigil_client::names::parse_severity(s)
         .map(|s| s as i32)
-        .ok_or_else(|| format!("unknown severity {s:?} (informational, low, medium, high, critical, fatal)"))
+        .ok_or_else(|| {
+            format!("unknown severity {s:?} (informational, low, medium, high, critical, fatal)")
+        })
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = number.parse().map_err(|_| format!("expected a duration like 15m, got {s:?}"))?;
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("expected a duration like 15m, got {s:?}"))?;
     let secs = match unit {
         "s" => n,
         "m" => n * 60,
@@ -142,7 +197,10 @@ impl From<ClientError> for Failure {
             ClientError::Read { .. } | ClientError::BadAddress { .. } => 2,
             ClientError::Connect { .. } => 3,
         };
-        Failure { code, message: e.to_string() }
+        Failure {
+            code,
+            message: e.to_string(),
+        }
     }
 }
 
@@ -156,9 +214,23 @@ fn status_failure(what: &str, addr: &str, status: tonic::Status) -> Failure {
         Code::InvalidArgument => (5, format!("{what}: invalid request: {detail}")),
         Code::NotFound => (1, format!("{what}: {detail}")),
         Code::Unavailable | Code::Unknown
-            if ["tls", "certificate", "handshake", "connection reset", "broken pipe", "alert"].iter().any(|w| lower.contains(w)) =>
+            if [
+                "tls",
+                "certificate",
+                "handshake",
+                "connection reset",
+                "broken pipe",
+                "alert",
+            ]
+            .iter()
+            .any(|w| lower.contains(w)) =>
         {
-            (4, format!("{what}: {addr} refused the connection; is your certificate issued by the vigil CA and valid? ({detail})"))
+            (
+                4,
+                format!(
+                    "{what}: {addr} refused the connection; is your certificate issued by the vigil CA and valid? ({detail})"
+                ),
+            )
         }
         Code::Unavailable => (3, format!("{what}: {addr} unavailable: {detail}")),
         _ => (1, format!("{what}: {} {detail}", status.code())),
@@ -179,13 +251,25 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
-    let analyst = TlsFiles { ca: cli.ca.clone(), cert: cli.cert.clone(), key: cli.key.clone() };
+    let analyst = TlsFiles {
+        ca: cli.ca.clone(),
+        cert: cli.cert.clone(),
+        key: cli.key.clone(),
+    };
     match cli.command {
-        Command::Events { min_severity, classes, device, since, limit, page_token } => {
+        Command::Events {
+            min_severity,
+            classes,
+            device,
+            since,
+            limit,
+            page_token,
+        } => {
             let channel = vigil_client::connect(&cli.reader, &analyst).await?;
             let mut client = QueryServiceClient::new(channel);
             let start_time = since.map_or(0, |d| {
-                chrono::Utc::now().timestamp_millis() - i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2)
+                chrono::Utc::now().timestamp_millis()
+                    - i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2)
             });
             let request = ListEventsRequest {
                 min_severity: min_severity.unwrap_or(0),
@@ -216,33 +300,59 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::Send { device_cert, device_key, kind, severity, message } => {
+        Command::Send {
+            device_cert,
+            device_key,
+            kind,
+            severity,
+            message,
+        } => {
             let kind = vigil_client::events::Kind::parse(&kind).ok_or_else(|| Failure {
                 code: 2,
                 message: format!("unknown kind {kind:?} (auth-success, auth-failure, process, network, dns, file)"),
             })?;
-            let mut event = vigil_client::events::sample(kind, &mut rand::rng(), chrono::Utc::now().timestamp_millis());
+            let mut event = vigil_client::events::sample(
+                kind,
+                &mut rand::rng(),
+                chrono::Utc::now().timestamp_millis(),
+            );
             if let Some(s) = severity {
                 event.severity_id = s;
             }
             if let Some(m) = message {
                 event.message = m;
             }
-            let device = TlsFiles { ca: cli.ca.clone(), cert: device_cert, key: device_key };
+            let device = TlsFiles {
+                ca: cli.ca.clone(),
+                cert: device_cert,
+                key: device_key,
+            };
             let channel = vigil_client::connect(&cli.gateway, &device).await?;
             let id = event.event_id.clone();
             let response = IngestServiceClient::new(channel)
-                .publish(PublishRequest { events: vec![event] })
+                .publish(PublishRequest {
+                    events: vec![event],
+                })
                 .await
                 .map_err(|s| status_failure("send", &cli.gateway, s))?
                 .into_inner();
             if let Some(r) = response.rejected.first() {
-                return Err(Failure { code: 5, message: format!("send: event rejected: {}: {}", r.field, r.reason) });
+                return Err(Failure {
+                    code: 5,
+                    message: format!("send: event rejected: {}: {}", r.field, r.reason),
+                });
             }
             output::sent(cli.output, &id);
             Ok(())
         }
-        Command::Admin { command: AdminCommand::Provision { nats_url, nats_cert, nats_key } } => {
+        Command::Admin {
+            command:
+                AdminCommand::Provision {
+                    nats_url,
+                    nats_cert,
+                    nats_key,
+                },
+        } => {
             let settings = vigil_common::config::NatsSettings {
                 url: nats_url,
                 ca: cli.ca.clone(),
@@ -252,12 +362,25 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             };
             let client = vigil_common::nats::connect(&settings, "vigil-admin")
                 .await
-                .map_err(|e| Failure { code: 3, message: e.to_string() })?;
-            vigil_common::provision::provision(&client, &vigil_common::provision::StreamLimits::default())
-                .await
-                .map_err(|e| Failure { code: 1, message: e.to_string() })?;
+                .map_err(|e| Failure {
+                    code: 3,
+                    message: e.to_string(),
+                })?;
+            vigil_common::provision::provision(
+                &client,
+                &vigil_common::provision::StreamLimits::default(),
+            )
+            .await
+            .map_err(|e| Failure {
+                code: 1,
+                message: e.to_string(),
+            })?;
             let _ = client.flush().await;
-            eprintln!("provisioned stream {} and consumer {}", vigil_common::subjects::EVENTS_STREAM, vigil_common::subjects::WRITER_CONSUMER);
+            eprintln!(
+                "provisioned stream {} and consumer {}",
+                vigil_common::subjects::EVENTS_STREAM,
+                vigil_common::subjects::WRITER_CONSUMER
+            );
             Ok(())
         }
     }

@@ -16,7 +16,8 @@ fn time(ms: i64) -> String {
 pub fn event_json(e: &SecurityEvent) -> Value {
     let meta = e.metadata.clone().unwrap_or_default();
     let endpoint = |ep: &Option<vigil_proto::event::v1::NetworkEndpoint>| {
-        ep.as_ref().map(|ep| json!({"ip": ep.ip, "port": ep.port, "hostname": ep.hostname}))
+        ep.as_ref()
+            .map(|ep| json!({"ip": ep.ip, "port": ep.port, "hostname": ep.hostname}))
     };
     json!({
         "event_id": e.event_id,

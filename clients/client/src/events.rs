@@ -26,7 +26,14 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [Kind::LoginSuccess, Kind::LoginFailure, Kind::Process, Kind::Network, Kind::Dns, Kind::File];
+    pub const ALL: [Kind; 6] = [
+        Kind::LoginSuccess,
+        Kind::LoginFailure,
+        Kind::Process,
+        Kind::Network,
+        Kind::Dns,
+        Kind::File,
+    ];
 
     pub fn class_uid(self) -> i32 {
         match self {
@@ -54,7 +61,13 @@ impl Kind {
 
 /// An event with the fields every event needs; the gateway fills in
 /// tenant, device, category and type.
-pub fn base(class_uid: i32, activity_id: i32, severity: SeverityId, time_ms: i64, message: impl Into<String>) -> SecurityEvent {
+pub fn base(
+    class_uid: i32,
+    activity_id: i32,
+    severity: SeverityId,
+    time_ms: i64,
+    message: impl Into<String>,
+) -> SecurityEvent {
     SecurityEvent {
         event_id: new_event_id(),
         class_uid,
@@ -64,23 +77,62 @@ pub fn base(class_uid: i32, activity_id: i32, severity: SeverityId, time_ms: i64
         message: message.into(),
         metadata: Some(Metadata {
             version: OCSF_VERSION.into(),
-            product: Some(Product { name: "vigil-device-sim".into(), vendor_name: "vigil".into(), version: env!("CARGO_PKG_VERSION").into() }),
+            product: Some(Product {
+                name: "vigil-device-sim".into(),
+                vendor_name: "vigil".into(),
+                version: env!("CARGO_PKG_VERSION").into(),
+            }),
             ..Default::default()
         }),
         ..Default::default()
     }
 }
 
-const USERS: &[&str] = &["alice", "bob", "carol", "dave", "root", "admin", "svc-backup"];
-const PROCESSES: &[&str] = &["/usr/bin/curl", "/bin/bash", "/usr/sbin/sshd", "/tmp/.x/miner", "/usr/bin/python3"];
-const DOMAINS: &[&str] = &["updates.example.com", "api.example.net", "x7f3k.badsite.top", "cdn.example.org"];
-const FILES: &[&str] = &["/etc/passwd", "/etc/shadow", "/var/log/auth.log", "/home/alice/.ssh/authorized_keys"];
+const USERS: &[&str] = &[
+    "alice",
+    "bob",
+    "carol",
+    "dave",
+    "root",
+    "admin",
+    "svc-backup",
+];
+const PROCESSES: &[&str] = &[
+    "/usr/bin/curl",
+    "/bin/bash",
+    "/usr/sbin/sshd",
+    "/tmp/.x/miner",
+    "/usr/bin/python3",
+];
+const DOMAINS: &[&str] = &[
+    "updates.example.com",
+    "api.example.net",
+    "x7f3k.badsite.top",
+    "cdn.example.org",
+];
+const FILES: &[&str] = &[
+    "/etc/passwd",
+    "/etc/shadow",
+    "/var/log/auth.log",
+    "/home/alice/.ssh/authorized_keys",
+];
 
 fn ip(rng: &mut impl Rng) -> String {
     if rng.random_bool(0.7) {
-        format!("10.{}.{}.{}", rng.random_range(0..4), rng.random_range(0..255), rng.random_range(1..255))
+        format!(
+            "10.{}.{}.{}",
+            rng.random_range(0..4),
+            rng.random_range(0..255),
+            rng.random_range(1..255)
+        )
     } else {
-        format!("{}.{}.{}.{}", rng.random_range(1..223), rng.random_range(0..255), rng.random_range(0..255), rng.random_range(1..255))
+        format!(
+            "{}.{}.{}.{}",
+            rng.random_range(1..223),
+            rng.random_range(0..255),
+            rng.random_range(0..255),
+            rng.random_range(1..255)
+        )
     }
 }
 
@@ -95,47 +147,113 @@ pub fn sample(kind: Kind, rng: &mut impl Rng, time_ms: i64) -> SecurityEvent {
     let src = ip(rng);
     let mut event = match kind {
         Kind::LoginSuccess => {
-            let mut e = base(3002, 1, SeverityId::Informational, time_ms, format!("user {user} logged in"));
+            let mut e = base(
+                3002,
+                1,
+                SeverityId::Informational,
+                time_ms,
+                format!("user {user} logged in"),
+            );
             e.status_id = StatusId::Success as i32;
             e
         }
         Kind::LoginFailure => {
-            let severity = if user == "root" || user == "admin" { SeverityId::High } else { SeverityId::Medium };
-            let mut e = base(3002, 1, severity, time_ms, format!("failed password for {user} from {src}"));
+            let severity = if user == "root" || user == "admin" {
+                SeverityId::High
+            } else {
+                SeverityId::Medium
+            };
+            let mut e = base(
+                3002,
+                1,
+                severity,
+                time_ms,
+                format!("failed password for {user} from {src}"),
+            );
             e.status_id = StatusId::Failure as i32;
             e
         }
         Kind::Process => {
             let process = pick(rng, PROCESSES);
-            let severity = if process.starts_with("/tmp/") { SeverityId::Critical } else { SeverityId::Informational };
-            let mut e = base(1007, 1, severity, time_ms, format!("process {process} launched by {user}"));
-            e.actor = Some(Actor { user: None, process_name: process.into() });
+            let severity = if process.starts_with("/tmp/") {
+                SeverityId::Critical
+            } else {
+                SeverityId::Informational
+            };
+            let mut e = base(
+                1007,
+                1,
+                severity,
+                time_ms,
+                format!("process {process} launched by {user}"),
+            );
+            e.actor = Some(Actor {
+                user: None,
+                process_name: process.into(),
+            });
             e
         }
         Kind::Network => {
-            let port = *[22u32, 80, 443, 3389, 4444, 8080].choose(rng).unwrap_or(&443);
-            let severity = if port == 4444 || port == 3389 { SeverityId::High } else { SeverityId::Low };
-            let mut e = base(4001, 6, severity, time_ms, format!("connection from {src} to port {port}"));
-            e.dst_endpoint = Some(NetworkEndpoint { ip: ip(rng), port, hostname: String::new() });
+            let port = *[22u32, 80, 443, 3389, 4444, 8080]
+                .choose(rng)
+                .unwrap_or(&443);
+            let severity = if port == 4444 || port == 3389 {
+                SeverityId::High
+            } else {
+                SeverityId::Low
+            };
+            let mut e = base(
+                4001,
+                6,
+                severity,
+                time_ms,
+                format!("connection from {src} to port {port}"),
+            );
+            e.dst_endpoint = Some(NetworkEndpoint {
+                ip: ip(rng),
+                port,
+                hostname: String::new(),
+            });
             e
         }
         Kind::Dns => {
             let domain = pick(rng, DOMAINS);
-            let severity = if domain.ends_with(".top") { SeverityId::High } else { SeverityId::Informational };
+            let severity = if domain.ends_with(".top") {
+                SeverityId::High
+            } else {
+                SeverityId::Informational
+            };
             let mut e = base(4003, 2, severity, time_ms, format!("dns query {domain}"));
             e.unmapped.insert("query.hostname".into(), domain.into());
             e
         }
         Kind::File => {
             let file = pick(rng, FILES);
-            let severity = if file.contains("shadow") || file.contains("authorized_keys") { SeverityId::Critical } else { SeverityId::Low };
-            let mut e = base(1001, 2, severity, time_ms, format!("file {file} read by {user}"));
+            let severity = if file.contains("shadow") || file.contains("authorized_keys") {
+                SeverityId::Critical
+            } else {
+                SeverityId::Low
+            };
+            let mut e = base(
+                1001,
+                2,
+                severity,
+                time_ms,
+                format!("file {file} read by {user}"),
+            );
             e.unmapped.insert("file.path".into(), file.into());
             e
         }
     };
-    event.actor.get_or_insert_with(Actor::default).user = Some(User { name: user.into(), ..Default::default() });
-    event.src_endpoint = Some(NetworkEndpoint { ip: src, port: rng.random_range(1024..65535), hostname: String::new() });
+    event.actor.get_or_insert_with(Actor::default).user = Some(User {
+        name: user.into(),
+        ..Default::default()
+    });
+    event.src_endpoint = Some(NetworkEndpoint {
+        ip: src,
+        port: rng.random_range(1024..65535),
+        hostname: String::new(),
+    });
     event
 }
 

@@ -21,7 +21,10 @@ pub struct TlsFiles {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("bad address {addr:?}: {reason}")]
     BadAddress { addr: String, reason: String },
     #[error("cannot connect to {addr}: {reason}")]
@@ -29,7 +32,10 @@ pub enum ClientError {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, ClientError> {
-    std::fs::read(path).map_err(|source| ClientError::Read { path: path.to_owned(), source })
+    std::fs::read(path).map_err(|source| ClientError::Read {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// The innermost useful description of an error chain (tonic's top-level
@@ -49,17 +55,27 @@ pub fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
 
 /// Opens an mTLS channel to `addr` (`https://host:port`, or `host:port`).
 pub async fn connect(addr: &str, files: &TlsFiles) -> Result<Channel, ClientError> {
-    let url = if addr.contains("://") { addr.to_owned() } else { format!("https://{addr}") };
+    let url = if addr.contains("://") {
+        addr.to_owned()
+    } else {
+        format!("https://{addr}")
+    };
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(read(&files.ca)?))
         .identity(Identity::from_pem(read(&files.cert)?, read(&files.key)?));
     let endpoint = Endpoint::from_shared(url.clone())
-        .map_err(|e| ClientError::BadAddress { addr: addr.to_owned(), reason: root_cause(&e) })?
+        .map_err(|e| ClientError::BadAddress {
+            addr: addr.to_owned(),
+            reason: root_cause(&e),
+        })?
         .connect_timeout(std::time::Duration::from_secs(5))
         .tls_config(tls)
-        .map_err(|e| ClientError::BadAddress { addr: addr.to_owned(), reason: root_cause(&e) })?;
-    endpoint
-        .connect()
-        .await
-        .map_err(|e| ClientError::Connect { addr: url, reason: root_cause(&e) })
+        .map_err(|e| ClientError::BadAddress {
+            addr: addr.to_owned(),
+            reason: root_cause(&e),
+        })?;
+    endpoint.connect().await.map_err(|e| ClientError::Connect {
+        addr: url,
+        reason: root_cause(&e),
+    })
 }

@@ -41,7 +41,11 @@ pub fn parse_severity(s: &str) -> Option<SeverityId> {
     if upper == "UNKNOWN" {
         return Some(SeverityId::Unspecified);
     }
-    let name = if upper.starts_with("SEVERITY_ID_") { upper } else { format!("SEVERITY_ID_{upper}") };
+    let name = if upper.starts_with("SEVERITY_ID_") {
+        upper
+    } else {
+        format!("SEVERITY_ID_{upper}")
+    };
     SeverityId::from_str_name(&name)
 }
 
@@ -52,7 +56,10 @@ mod tests {
     #[test]
     fn severity_names_round_trip() {
         for id in [0, 1, 2, 3, 4, 5, 6, 99] {
-            assert_eq!(parse_severity(&severity_name(id)).map(|s| s as i32), Some(id));
+            assert_eq!(
+                parse_severity(&severity_name(id)).map(|s| s as i32),
+                Some(id)
+            );
         }
         assert_eq!(parse_severity("high"), Some(SeverityId::High));
         assert_eq!(parse_severity("4"), Some(SeverityId::High));

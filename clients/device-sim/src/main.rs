@@ -12,15 +12,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use clap::Parser;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use vigil_client::TlsFiles;
 use vigil_proto::ingest::v1::PublishRequest;
 use vigil_proto::ingest::v1::ingest_service_client::IngestServiceClient;
 
 #[derive(Parser)]
-#[command(version, about = "Simulated devices sending security events to the vigil gateway")]
+#[command(
+    version,
+    about = "Simulated devices sending security events to the vigil gateway"
+)]
 struct Args {
-    #[arg(long, env = "VIGIL_GATEWAY_ADDR", default_value = "https://127.0.0.1:4443")]
+    #[arg(
+        long,
+        env = "VIGIL_GATEWAY_ADDR",
+        default_value = "https://127.0.0.1:4443"
+    )]
     gateway: String,
     /// PKI directory from `vigil-certs` (uses ca.crt and devices/*).
     #[arg(long, env = "VIGIL_CERTS_DIR", default_value = "certs/out")]
@@ -45,20 +52,39 @@ struct Stats {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
     let args = Args::parse();
     anyhow::ensure!(args.rate > 0.0, "--rate must be positive");
-    anyhow::ensure!((1..=1000).contains(&args.batch), "--batch must be 1 to 1000");
+    anyhow::ensure!(
+        (1..=1000).contains(&args.batch),
+        "--batch must be 1 to 1000"
+    );
     let pki = vigil_certs::Pki::at(&args.certs);
     let devices = pki.devices()?;
-    anyhow::ensure!(!devices.is_empty(), "no device certificates in {}/devices", args.certs.display());
+    anyhow::ensure!(
+        !devices.is_empty(),
+        "no device certificates in {}/devices",
+        args.certs.display()
+    );
     let per_device = args.rate / devices.len() as f64;
     let interval = Duration::from_secs_f64(args.batch as f64 / per_device);
-    tracing::info!(devices = devices.len(), rate = args.rate, ?interval, "starting fleet");
+    tracing::info!(
+        devices = devices.len(),
+        rate = args.rate,
+        ?interval,
+        "starting fleet"
+    );
     let stats = Arc::new(Stats::default());
     let mut tasks = tokio::task::JoinSet::new();
     for (i, (tenant, device, paths)) in devices.into_iter().enumerate() {
-        let files = TlsFiles { ca: pki.ca(), cert: paths.cert, key: paths.key };
+        let files = TlsFiles {
+            ca: pki.ca(),
+            cert: paths.cert,
+            key: paths.key,
+        };
         let gateway = args.gateway.clone();
         let stats = stats.clone();
         let batch = args.batch;
@@ -105,7 +131,14 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run_device(gateway: &str, files: &TlsFiles, batch: usize, interval: Duration, seed: u64, stats: &Stats) -> anyhow::Result<()> {
+async fn run_device(
+    gateway: &str,
+    files: &TlsFiles,
+    batch: usize,
+    interval: Duration,
+    seed: u64,
+    stats: &Stats,
+) -> anyhow::Result<()> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ rand::random::<u64>());
     let channel = vigil_client::connect(gateway, files).await?;
     let mut client = IngestServiceClient::new(channel);
@@ -113,23 +146,42 @@ async fn run_device(gateway: &str, files: &TlsFiles, batch: usize, interval: Dur
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        // Events happened over the interval since the last batch.
         let now = chrono_now();
+        let spread = i64::try_from(interval.as_millis()).unwrap_or(1).max(1);
         let events = (0..batch)
             .map(|_| {
                 let kind = vigil_client::events::random_kind(&mut rng);
-                vigil_client::events::sample(kind, &mut rng, now)
+                let time = now - rng.random_range(0..spread);
+                vigil_client::events::sample(kind, &mut rng, time)
             })
             .collect::<Vec<_>>();
         let mut backoff = Duration::from_millis(200);
         loop {
-            match client.publish(PublishRequest { events: events.clone() }).await {
+            match client
+                .publish(PublishRequest {
+                    events: events.clone(),
+                })
+                .await
+            {
                 Ok(response) => {
                     let r = response.into_inner();
-                    stats.accepted.fetch_add(u64::from(r.accepted), Ordering::Relaxed);
-                    stats.rejected.fetch_add(r.rejected.len() as u64, Ordering::Relaxed);
+                    stats
+                        .accepted
+                        .fetch_add(u64::from(r.accepted), Ordering::Relaxed);
+                    stats
+                        .rejected
+                        .fetch_add(r.rejected.len() as u64, Ordering::Relaxed);
                     break;
                 }
-                Err(status) if matches!(status.code(), tonic::Code::Unavailable | tonic::Code::ResourceExhausted | tonic::Code::DeadlineExceeded) => {
+                Err(status)
+                    if matches!(
+                        status.code(),
+                        tonic::Code::Unavailable
+                            | tonic::Code::ResourceExhausted
+                            | tonic::Code::DeadlineExceeded
+                    ) =>
+                {
                     stats.retries.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(code = ?status.code(), message = status.message(), "retrying the same batch");
                     tokio::time::sleep(backoff).await;

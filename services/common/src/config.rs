@@ -29,7 +29,11 @@ impl ConfigErrors {
         }
     }
     pub fn into_result(self) -> Result<(), InvalidConfig> {
-        if self.0.is_empty() { Ok(()) } else { Err(InvalidConfig(self.0)) }
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(InvalidConfig(self.0))
+        }
     }
 }
 
@@ -71,7 +75,10 @@ pub struct NatsSettings {
 impl NatsSettings {
     pub fn check(&self, prefix: &str, errors: &mut ConfigErrors) {
         if !(self.url.starts_with("tls://") || self.url.starts_with("nats://")) {
-            errors.add(&format!("{prefix}_NATS_URL"), "must start with tls:// or nats://");
+            errors.add(
+                &format!("{prefix}_NATS_URL"),
+                "must start with tls:// or nats://",
+            );
         }
         errors.check_file(&format!("{prefix}_NATS_CA"), &self.ca);
         errors.check_file(&format!("{prefix}_NATS_CERT"), &self.cert);
@@ -98,7 +105,12 @@ mod tests {
             panic!("expected errors")
         };
         let text = err.to_string();
-        for setting in ["VIGIL_WRITER_NATS_URL", "VIGIL_WRITER_NATS_CA", "VIGIL_WRITER_NATS_CERT", "VIGIL_WRITER_NATS_KEY"] {
+        for setting in [
+            "VIGIL_WRITER_NATS_URL",
+            "VIGIL_WRITER_NATS_CA",
+            "VIGIL_WRITER_NATS_CERT",
+            "VIGIL_WRITER_NATS_KEY",
+        ] {
             assert!(text.contains(setting), "{text}");
         }
     }

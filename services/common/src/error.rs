@@ -16,7 +16,10 @@ pub struct FieldViolation {
 
 impl FieldViolation {
     pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self { field: field.into(), reason: reason.into() }
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+        }
     }
 }
 
@@ -36,11 +39,17 @@ pub enum ApiError {
     NotFound(String),
     /// Over a limit; retry later.
     #[error("resource exhausted: {reason}")]
-    ResourceExhausted { reason: String, retry_after: Duration },
+    ResourceExhausted {
+        reason: String,
+        retry_after: Duration,
+    },
     /// A dependency is down and nothing was persisted, or the outcome is
     /// unknown; the caller retries with the same event ids.
     #[error("unavailable: {reason}")]
-    Unavailable { reason: String, retry_after: Duration },
+    Unavailable {
+        reason: String,
+        retry_after: Duration,
+    },
     /// A bug or an unexpected failure; details are logged, never returned.
     #[error("internal error: {0}")]
     Internal(String),
@@ -73,12 +82,18 @@ impl From<ApiError> for Status {
             ApiError::Unauthenticated(m) => Status::unauthenticated(m),
             ApiError::PermissionDenied(m) => Status::permission_denied(m),
             ApiError::NotFound(what) => Status::not_found(format!("{what} not found")),
-            ApiError::ResourceExhausted { reason, retry_after } => Status::with_error_details(
+            ApiError::ResourceExhausted {
+                reason,
+                retry_after,
+            } => Status::with_error_details(
                 Code::ResourceExhausted,
                 reason,
                 ErrorDetails::with_retry_info(Some(retry_after)),
             ),
-            ApiError::Unavailable { reason, retry_after } => Status::with_error_details(
+            ApiError::Unavailable {
+                reason,
+                retry_after,
+            } => Status::with_error_details(
                 Code::Unavailable,
                 reason,
                 ErrorDetails::with_retry_info(Some(retry_after)),
@@ -98,19 +113,37 @@ mod tests {
     #[test]
     fn every_variant_maps_to_its_code_and_details_round_trip() {
         let cases = [
-            (ApiError::invalid("events[3].time", "too far ahead"), Code::InvalidArgument),
-            (ApiError::Unauthenticated("no cert".into()), Code::Unauthenticated),
-            (ApiError::PermissionDenied("device".into()), Code::PermissionDenied),
+            (
+                ApiError::invalid("events[3].time", "too far ahead"),
+                Code::InvalidArgument,
+            ),
+            (
+                ApiError::Unauthenticated("no cert".into()),
+                Code::Unauthenticated,
+            ),
+            (
+                ApiError::PermissionDenied("device".into()),
+                Code::PermissionDenied,
+            ),
             (ApiError::NotFound("event".into()), Code::NotFound),
             (
-                ApiError::ResourceExhausted { reason: "full".into(), retry_after: Duration::from_secs(2) },
+                ApiError::ResourceExhausted {
+                    reason: "full".into(),
+                    retry_after: Duration::from_secs(2),
+                },
                 Code::ResourceExhausted,
             ),
             (
-                ApiError::Unavailable { reason: "nats down".into(), retry_after: Duration::from_secs(1) },
+                ApiError::Unavailable {
+                    reason: "nats down".into(),
+                    retry_after: Duration::from_secs(1),
+                },
                 Code::Unavailable,
             ),
-            (ApiError::Internal("db password wrong".into()), Code::Internal),
+            (
+                ApiError::Internal("db password wrong".into()),
+                Code::Internal,
+            ),
         ];
         for (error, code) in cases {
             let status = Status::from(error);
@@ -118,12 +151,19 @@ mod tests {
             let details = status.get_error_details();
             match code {
                 Code::InvalidArgument => {
-                    let bad = details.bad_request().map(|b| b.field_violations.clone()).unwrap_or_default();
+                    let bad = details
+                        .bad_request()
+                        .map(|b| b.field_violations.clone())
+                        .unwrap_or_default();
                     assert_eq!(bad.len(), 1);
                     assert_eq!(bad[0].field, "events[3].time");
                 }
                 Code::Unavailable | Code::ResourceExhausted => {
-                    assert!(details.retry_info().is_some_and(|r| r.retry_delay.is_some()));
+                    assert!(
+                        details
+                            .retry_info()
+                            .is_some_and(|r| r.retry_delay.is_some())
+                    );
                 }
                 Code::Internal => assert!(!status.message().contains("password")),
                 _ => {}

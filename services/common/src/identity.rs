@@ -53,7 +53,8 @@ pub enum IdentityError {
 pub fn is_valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 impl Identity {
@@ -74,8 +75,12 @@ impl Identity {
                 tenant: (*tenant).to_owned(),
                 device: (*device).to_owned(),
             }),
-            ["user", name] => Ok(Identity::User { name: (*name).to_owned() }),
-            ["nats", name] => Ok(Identity::Service { name: (*name).to_owned() }),
+            ["user", name] => Ok(Identity::User {
+                name: (*name).to_owned(),
+            }),
+            ["nats", name] => Ok(Identity::Service {
+                name: (*name).to_owned(),
+            }),
             _ => Err(unrecognised()),
         }
     }

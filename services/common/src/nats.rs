@@ -16,7 +16,10 @@ pub struct NatsConnectError {
 
 /// Connects, failing if the server is not reachable now (start-up should
 /// fail loudly, not hang). Later disconnects are retried by async-nats.
-pub async fn connect(settings: &NatsSettings, name: &str) -> Result<async_nats::Client, NatsConnectError> {
+pub async fn connect(
+    settings: &NatsSettings,
+    name: &str,
+) -> Result<async_nats::Client, NatsConnectError> {
     async_nats::ConnectOptions::new()
         .name(name)
         .require_tls(true)
@@ -26,5 +29,8 @@ pub async fn connect(settings: &NatsSettings, name: &str) -> Result<async_nats::
         .connection_timeout(Duration::from_secs(5))
         .connect(settings.url.as_str())
         .await
-        .map_err(|source| NatsConnectError { url: settings.url.clone(), source })
+        .map_err(|source| NatsConnectError {
+            url: settings.url.clone(),
+            source,
+        })
 }

@@ -24,20 +24,33 @@ pub struct StreamLimits {
 
 impl Default for StreamLimits {
     fn default() -> Self {
-        Self { max_bytes: 5 * 1024 * 1024 * 1024, max_age: Duration::from_secs(7 * 24 * 3600) }
+        Self {
+            max_bytes: 5 * 1024 * 1024 * 1024,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+        }
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProvisionError {
     #[error("cannot create stream {stream}: {reason}")]
-    Stream { stream: &'static str, reason: String },
+    Stream {
+        stream: &'static str,
+        reason: String,
+    },
     #[error("cannot create consumer {consumer} on {stream}: {reason}")]
-    Consumer { stream: &'static str, consumer: &'static str, reason: String },
+    Consumer {
+        stream: &'static str,
+        consumer: &'static str,
+        reason: String,
+    },
 }
 
 /// Creates (or updates) the EVENTS stream and the writer's consumer.
-pub async fn provision(client: &async_nats::Client, limits: &StreamLimits) -> Result<(), ProvisionError> {
+pub async fn provision(
+    client: &async_nats::Client,
+    limits: &StreamLimits,
+) -> Result<(), ProvisionError> {
     let js = jetstream::new(client.clone());
     let config = stream::Config {
         name: EVENTS_STREAM.to_owned(),
@@ -51,13 +64,23 @@ pub async fn provision(client: &async_nats::Client, limits: &StreamLimits) -> Re
         num_replicas: 1,
         ..Default::default()
     };
-    let stream_error = |e: &dyn std::fmt::Display| ProvisionError::Stream { stream: EVENTS_STREAM, reason: e.to_string() };
+    let stream_error = |e: &dyn std::fmt::Display| ProvisionError::Stream {
+        stream: EVENTS_STREAM,
+        reason: e.to_string(),
+    };
     let events = match js.get_stream(EVENTS_STREAM).await {
         Ok(_) => {
-            js.update_stream(&config).await.map_err(|e| stream_error(&e))?;
-            js.get_stream(EVENTS_STREAM).await.map_err(|e| stream_error(&e))?
+            js.update_stream(&config)
+                .await
+                .map_err(|e| stream_error(&e))?;
+            js.get_stream(EVENTS_STREAM)
+                .await
+                .map_err(|e| stream_error(&e))?
         }
-        Err(_) => js.create_stream(config).await.map_err(|e| stream_error(&e))?,
+        Err(_) => js
+            .create_stream(config)
+            .await
+            .map_err(|e| stream_error(&e))?,
     };
     events
         .get_or_create_consumer(

@@ -42,7 +42,10 @@ pub enum TlsError {
 }
 
 fn read_error(path: &Path, e: impl std::fmt::Display) -> TlsError {
-    TlsError::Read { path: path.display().to_string(), reason: e.to_string() }
+    TlsError::Read {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    }
 }
 
 /// Every certificate in a PEM file.
@@ -99,13 +102,21 @@ impl Connected for TlsConn {
 }
 
 impl AsyncRead for TlsConn {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for TlsConn {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -161,8 +172,16 @@ pub fn incoming(
                             Some([leaf, ..]) => Identity::from_certificate(leaf),
                             _ => Err(IdentityError::NoCertificate),
                         };
-                        let info = PeerInfo { remote_addr: Some(remote_addr), identity };
-                        let _ = tx.send(Ok(TlsConn { inner: stream, info })).await;
+                        let info = PeerInfo {
+                            remote_addr: Some(remote_addr),
+                            identity,
+                        };
+                        let _ = tx
+                            .send(Ok(TlsConn {
+                                inner: stream,
+                                info,
+                            }))
+                            .await;
                     }
                     Ok(Err(error)) => tracing::info!(%remote_addr, %error, "tls handshake refused"),
                     Err(_) => tracing::info!(%remote_addr, "tls handshake timed out"),

@@ -30,25 +30,61 @@ pub struct Config {
     #[arg(long, env = "VIGIL_GATEWAY_LISTEN", default_value = "127.0.0.1:4443")]
     pub listen: SocketAddr,
     /// Address of the plaintext grpc.health.v1 listener.
-    #[arg(long, env = "VIGIL_GATEWAY_HEALTH_LISTEN", default_value = "127.0.0.1:4444")]
+    #[arg(
+        long,
+        env = "VIGIL_GATEWAY_HEALTH_LISTEN",
+        default_value = "127.0.0.1:4444"
+    )]
     pub health_listen: SocketAddr,
-    #[arg(long, env = "VIGIL_GATEWAY_TLS_CERT", default_value = "certs/out/server/gateway.crt")]
+    #[arg(
+        long,
+        env = "VIGIL_GATEWAY_TLS_CERT",
+        default_value = "certs/out/server/gateway.crt"
+    )]
     pub tls_cert: PathBuf,
-    #[arg(long, env = "VIGIL_GATEWAY_TLS_KEY", default_value = "certs/out/server/gateway.key")]
+    #[arg(
+        long,
+        env = "VIGIL_GATEWAY_TLS_KEY",
+        default_value = "certs/out/server/gateway.key"
+    )]
     pub tls_key: PathBuf,
     /// CA that device certificates must chain to.
-    #[arg(long, env = "VIGIL_GATEWAY_TLS_CLIENT_CA", default_value = "certs/out/ca.crt")]
+    #[arg(
+        long,
+        env = "VIGIL_GATEWAY_TLS_CLIENT_CA",
+        default_value = "certs/out/ca.crt"
+    )]
     pub tls_client_ca: PathBuf,
-    #[arg(long, env = "VIGIL_GATEWAY_NATS_URL", default_value = "tls://127.0.0.1:4333")]
+    #[arg(
+        long,
+        env = "VIGIL_GATEWAY_NATS_URL",
+        default_value = "tls://127.0.0.1:4333"
+    )]
     pub nats_url: String,
-    #[arg(long, env = "VIGIL_GATEWAY_NATS_CA", default_value = "certs/out/ca.crt")]
+    #[arg(
+        long,
+        env = "VIGIL_GATEWAY_NATS_CA",
+        default_value = "certs/out/ca.crt"
+    )]
     pub nats_ca: PathBuf,
-    #[arg(long, env = "VIGIL_GATEWAY_NATS_CERT", default_value = "certs/out/nats/gateway.crt")]
+    #[arg(
+        long,
+        env = "VIGIL_GATEWAY_NATS_CERT",
+        default_value = "certs/out/nats/gateway.crt"
+    )]
     pub nats_cert: PathBuf,
-    #[arg(long, env = "VIGIL_GATEWAY_NATS_KEY", default_value = "certs/out/nats/gateway.key")]
+    #[arg(
+        long,
+        env = "VIGIL_GATEWAY_NATS_KEY",
+        default_value = "certs/out/nats/gateway.key"
+    )]
     pub nats_key: PathBuf,
     /// Events more than this many seconds ahead of the gateway clock are refused.
-    #[arg(long, env = "VIGIL_GATEWAY_MAX_FUTURE_SKEW_SECS", default_value_t = 300)]
+    #[arg(
+        long,
+        env = "VIGIL_GATEWAY_MAX_FUTURE_SKEW_SECS",
+        default_value_t = 300
+    )]
     pub max_future_skew_secs: u64,
     /// Events older than this many seconds are refused.
     #[arg(long, env = "VIGIL_GATEWAY_MAX_EVENT_AGE_SECS", default_value_t = 7 * 24 * 3600)]
@@ -64,7 +100,11 @@ pub struct Config {
 
 impl Config {
     pub fn tls_files(&self) -> ServerTlsFiles {
-        ServerTlsFiles { cert: self.tls_cert.clone(), key: self.tls_key.clone(), client_ca: self.tls_client_ca.clone() }
+        ServerTlsFiles {
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+            client_ca: self.tls_client_ca.clone(),
+        }
     }
 
     pub fn nats(&self) -> NatsSettings {
@@ -109,7 +149,10 @@ pub enum GatewayError {
     #[error(transparent)]
     Nats(#[from] vigil_common::nats::NatsConnectError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("grpc server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
 }
@@ -124,7 +167,9 @@ pub struct Gateway {
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, GatewayError> {
-    TcpListener::bind(addr).await.map_err(|source| GatewayError::Bind { addr, source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| GatewayError::Bind { addr, source })
 }
 
 /// Validates the config, loads TLS material, connects to NATS and binds
@@ -163,14 +208,19 @@ impl Gateway {
     /// lets in-flight calls finish (each waits for its JetStream acks), and
     /// flushes NATS.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), GatewayError> {
-        let (health, health_task) = vigil_common::health::serve(self.health_listener, shutdown.clone());
-        health.set_serving::<IngestServiceServer<service::IngestApi>>().await;
+        let (health, health_task) =
+            vigil_common::health::serve(self.health_listener, shutdown.clone());
+        health
+            .set_serving::<IngestServiceServer<service::IngestApi>>()
+            .await;
         {
             let health = health.clone();
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
                 shutdown.cancelled().await;
-                health.set_not_serving::<IngestServiceServer<service::IngestApi>>().await;
+                health
+                    .set_not_serving::<IngestServiceServer<service::IngestApi>>()
+                    .await;
             });
         }
         let reflection = tonic_reflection::server::Builder::configure()

@@ -31,7 +31,10 @@ async fn main() -> std::process::ExitCode {
         health = %gateway.health_addr().map(|a| a.to_string()).unwrap_or_default(),
         "gateway listening"
     );
-    match gateway.run_until_stopped(vigil_common::shutdown::on_signal()).await {
+    match gateway
+        .run_until_stopped(vigil_common::shutdown::on_signal())
+        .await
+    {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "gateway failed");

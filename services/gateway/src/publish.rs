@@ -34,7 +34,8 @@ pub struct OutgoingBatch {
 /// request always yields the same batches and message ids, so a retried
 /// request is deduplicated by JetStream.
 pub fn group(events: Vec<AcceptedEvent>) -> Vec<OutgoingBatch> {
-    let mut groups: BTreeMap<(String, i32), Vec<Vec<vigil_proto::event::v1::SecurityEvent>>> = BTreeMap::new();
+    let mut groups: BTreeMap<(String, i32), Vec<Vec<vigil_proto::event::v1::SecurityEvent>>> =
+        BTreeMap::new();
     let mut sizes: BTreeMap<(String, i32), usize> = BTreeMap::new();
     for accepted in events {
         let key = (accepted.tenant, accepted.class_uid);
@@ -92,7 +93,10 @@ pub async fn publish_all(
                 .message_id(&out.msg_id)
                 .header("Content-Type", PROTOBUF_CONTENT_TYPE)
                 .header(MESSAGE_TYPE_HEADER, "vigil.event.v1.EventBatch");
-            let ack = js.send_publish(out.subject, publish).await.map_err(publish_error)?;
+            let ack = js
+                .send_publish(out.subject, publish)
+                .await
+                .map_err(publish_error)?;
             acks.push(ack.into_future());
         }
         for result in futures::future::join_all(acks).await {
@@ -154,11 +158,23 @@ mod tests {
 
     #[test]
     fn groups_by_tenant_and_class_with_stable_ids() {
-        let events = vec![accepted("acme", 3002, 1), accepted("globex", 3002, 2), accepted("acme", 3002, 3), accepted("acme", 1007, 4)];
+        let events = vec![
+            accepted("acme", 3002, 1),
+            accepted("globex", 3002, 2),
+            accepted("acme", 3002, 3),
+            accepted("acme", 1007, 4),
+        ];
         let first = group(events.clone());
         assert_eq!(
-            first.iter().map(|b| (b.subject.as_str(), b.batch.events.len())).collect::<Vec<_>>(),
-            vec![("events.acme.1007", 1), ("events.acme.3002", 2), ("events.globex.3002", 1)]
+            first
+                .iter()
+                .map(|b| (b.subject.as_str(), b.batch.events.len()))
+                .collect::<Vec<_>>(),
+            vec![
+                ("events.acme.1007", 1),
+                ("events.acme.3002", 2),
+                ("events.globex.3002", 1)
+            ]
         );
         assert_eq!(first, group(events), "same request, same batches and ids");
         let ids: std::collections::HashSet<_> = first.iter().map(|b| &b.msg_id).collect();
@@ -170,7 +186,14 @@ mod tests {
         let events: Vec<_> = (0..2000).map(|n| accepted("acme", 3002, n)).collect();
         let batches = group(events);
         assert!(batches.len() >= 3);
-        assert!(batches.iter().all(|b| b.batch.encoded_len() <= MAX_BATCH_BYTES));
-        assert_eq!(batches.iter().map(|b| b.batch.events.len()).sum::<usize>(), 2000);
+        assert!(
+            batches
+                .iter()
+                .all(|b| b.batch.encoded_len() <= MAX_BATCH_BYTES)
+        );
+        assert_eq!(
+            batches.iter().map(|b| b.batch.events.len()).sum::<usize>(),
+            2000
+        );
     }
 }

@@ -40,16 +40,36 @@ struct Outcome {
 }
 
 impl IngestApi {
-    pub fn new(js: async_nats::jetstream::Context, limits: Limits, max_batch_events: usize, publish_timeout: Duration) -> Self {
-        Self { inner: Arc::new(Inner { js, limits, max_batch_events, publish_timeout }) }
+    pub fn new(
+        js: async_nats::jetstream::Context,
+        limits: Limits,
+        max_batch_events: usize,
+        publish_timeout: Duration,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                js,
+                limits,
+                max_batch_events,
+                publish_timeout,
+            }),
+        }
     }
 
-    async fn ingest(&self, device: &Device, events: Vec<SecurityEvent>) -> Result<Outcome, ApiError> {
+    async fn ingest(
+        &self,
+        device: &Device,
+        events: Vec<SecurityEvent>,
+    ) -> Result<Outcome, ApiError> {
         let inner = &self.inner;
         if events.len() > inner.max_batch_events {
             return Err(ApiError::invalid(
                 "events",
-                format!("{} events in one request; at most {}", events.len(), inner.max_batch_events),
+                format!(
+                    "{} events in one request; at most {}",
+                    events.len(),
+                    inner.max_batch_events
+                ),
             ));
         }
         let now = vigil_common::now_millis();
@@ -79,10 +99,14 @@ impl IngestApi {
         }
         let count = u32::try_from(accepted.len()).unwrap_or(u32::MAX) + repeats;
         if !accepted.is_empty() {
-            publish::publish_all(&inner.js, publish::group(accepted), inner.publish_timeout).await?;
+            publish::publish_all(&inner.js, publish::group(accepted), inner.publish_timeout)
+                .await?;
         }
         tracing::debug!(tenant = %device.tenant, device = %device.device, accepted = count, rejected = rejected.len(), "batch ingested");
-        Ok(Outcome { accepted: count, rejected })
+        Ok(Outcome {
+            accepted: count,
+            rejected,
+        })
     }
 }
 
@@ -93,8 +117,13 @@ fn caller_device<T>(request: &Request<T>) -> Result<Device, ApiError> {
         .get::<PeerInfo>()
         .ok_or_else(|| ApiError::Unauthenticated("no verified client certificate".into()))?;
     match &info.identity {
-        Ok(Identity::Device { tenant, device }) => Ok(Device { tenant: tenant.clone(), device: device.clone() }),
-        Ok(other) => Err(ApiError::PermissionDenied(format!("{other} is not a device; only devices may publish"))),
+        Ok(Identity::Device { tenant, device }) => Ok(Device {
+            tenant: tenant.clone(),
+            device: device.clone(),
+        }),
+        Ok(other) => Err(ApiError::PermissionDenied(format!(
+            "{other} is not a device; only devices may publish"
+        ))),
         Err(e) => Err(ApiError::Unauthenticated(e.to_string())),
     }
 }
@@ -103,10 +132,16 @@ type ResponseStream = Pin<Box<dyn Stream<Item = Result<PublishStreamResponse, St
 
 #[tonic::async_trait]
 impl IngestService for IngestApi {
-    async fn publish(&self, request: Request<PublishRequest>) -> Result<Response<PublishResponse>, Status> {
+    async fn publish(
+        &self,
+        request: Request<PublishRequest>,
+    ) -> Result<Response<PublishResponse>, Status> {
         let device = caller_device(&request)?;
         let outcome = self.ingest(&device, request.into_inner().events).await?;
-        Ok(Response::new(PublishResponse { accepted: outcome.accepted, rejected: outcome.rejected }))
+        Ok(Response::new(PublishResponse {
+            accepted: outcome.accepted,
+            rejected: outcome.rejected,
+        }))
     }
 
     type PublishStreamStream = ResponseStream;

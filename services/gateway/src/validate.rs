@@ -58,7 +58,11 @@ pub struct Refusal {
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> Refusal {
-    Refusal { code: RejectionCode::InvalidArgument, field, reason: reason.into() }
+    Refusal {
+        code: RejectionCode::InvalidArgument,
+        field,
+        reason: reason.into(),
+    }
 }
 
 /// An event that passed validation, normalised: tenant, device and ingest
@@ -74,7 +78,12 @@ const SEVERITIES: &[i32] = &[0, 1, 2, 3, 4, 5, 6, 99];
 const STATUSES: &[i32] = &[0, 1, 2, 99];
 
 /// Validates `event` sent by `device` at `now_ms`.
-pub fn validate(mut event: SecurityEvent, device: &Device, now_ms: i64, limits: &Limits) -> Result<AcceptedEvent, Refusal> {
+pub fn validate(
+    mut event: SecurityEvent,
+    device: &Device,
+    now_ms: i64,
+    limits: &Limits,
+) -> Result<AcceptedEvent, Refusal> {
     // Identity first: an event claiming someone else is refused as such,
     // whatever else is wrong with it.
     if let Some(meta) = &event.metadata {
@@ -82,7 +91,10 @@ pub fn validate(mut event: SecurityEvent, device: &Device, now_ms: i64, limits: 
             return Err(Refusal {
                 code: RejectionCode::PermissionDenied,
                 field: "metadata.tenant",
-                reason: format!("tenant {:?} is not the caller's tenant", truncate(&meta.tenant)),
+                reason: format!(
+                    "tenant {:?} is not the caller's tenant",
+                    truncate(&meta.tenant)
+                ),
             });
         }
         if !meta.device.is_empty() && meta.device != device.device {
@@ -96,7 +108,13 @@ pub fn validate(mut event: SecurityEvent, device: &Device, now_ms: i64, limits: 
 
     let size = event.encoded_len();
     if size > limits.max_event_bytes {
-        return Err(invalid("event", format!("encoded size {size} exceeds {} bytes", limits.max_event_bytes)));
+        return Err(invalid(
+            "event",
+            format!(
+                "encoded size {size} exceeds {} bytes",
+                limits.max_event_bytes
+            ),
+        ));
     }
 
     if event.event_id.is_empty() {
@@ -116,7 +134,10 @@ pub fn validate(mut event: SecurityEvent, device: &Device, now_ms: i64, limits: 
         return Err(invalid("class_uid", "required"));
     }
     if !(1000..100_000).contains(&event.class_uid) {
-        return Err(invalid("class_uid", format!("{} is not an OCSF class uid", event.class_uid)));
+        return Err(invalid(
+            "class_uid",
+            format!("{} is not an OCSF class uid", event.class_uid),
+        ));
     }
     let category = event.class_uid / 1000;
     if event.category_uid == 0 {
@@ -124,11 +145,17 @@ pub fn validate(mut event: SecurityEvent, device: &Device, now_ms: i64, limits: 
     } else if event.category_uid != category {
         return Err(invalid(
             "category_uid",
-            format!("{} does not match class_uid {} (expected {category})", event.category_uid, event.class_uid),
+            format!(
+                "{} does not match class_uid {} (expected {category})",
+                event.category_uid, event.class_uid
+            ),
         ));
     }
     if !(0..=99).contains(&event.activity_id) {
-        return Err(invalid("activity_id", format!("{} is out of range 0..=99", event.activity_id)));
+        return Err(invalid(
+            "activity_id",
+            format!("{} is out of range 0..=99", event.activity_id),
+        ));
     }
     let type_uid = i64::from(event.class_uid) * 100 + i64::from(event.activity_id);
     if event.type_uid == 0 {
@@ -136,7 +163,10 @@ pub fn validate(mut event: SecurityEvent, device: &Device, now_ms: i64, limits: 
     } else if event.type_uid != type_uid {
         return Err(invalid(
             "type_uid",
-            format!("{} is not class_uid * 100 + activity_id ({type_uid})", event.type_uid),
+            format!(
+                "{} is not class_uid * 100 + activity_id ({type_uid})",
+                event.type_uid
+            ),
         ));
     }
     if !SEVERITIES.contains(&event.severity_id) {
@@ -146,7 +176,10 @@ pub fn validate(mut event: SecurityEvent, device: &Device, now_ms: i64, limits: 
         ));
     }
     if !STATUSES.contains(&event.status_id) {
-        return Err(invalid("status_id", format!("{} is not an OCSF status (0, 1, 2 or 99)", event.status_id)));
+        return Err(invalid(
+            "status_id",
+            format!("{} is not an OCSF status (0, 1, 2 or 99)", event.status_id),
+        ));
     }
 
     if event.time <= 0 {
@@ -156,25 +189,39 @@ pub fn validate(mut event: SecurityEvent, device: &Device, now_ms: i64, limits: 
     if ahead > millis(limits.max_future_skew) {
         return Err(invalid(
             "time",
-            format!("{}s ahead of the gateway clock (at most {}s)", ahead / 1000, limits.max_future_skew.as_secs()),
+            format!(
+                "{}s ahead of the gateway clock (at most {}s)",
+                ahead / 1000,
+                limits.max_future_skew.as_secs()
+            ),
         ));
     }
     let age = now_ms.saturating_sub(event.time);
     if age > millis(limits.max_age) {
         return Err(invalid(
             "time",
-            format!("{}s old (at most {}s)", age / 1000, limits.max_age.as_secs()),
+            format!(
+                "{}s old (at most {}s)",
+                age / 1000,
+                limits.max_age.as_secs()
+            ),
         ));
     }
 
     if event.message.len() > limits.max_message_bytes {
-        return Err(invalid("message", format!("longer than {} bytes", limits.max_message_bytes)));
+        return Err(invalid(
+            "message",
+            format!("longer than {} bytes", limits.max_message_bytes),
+        ));
     }
     let Some(meta) = event.metadata.as_mut() else {
         return Err(invalid("metadata", "required"));
     };
     if meta.version.is_empty() {
-        return Err(invalid("metadata.version", "required (the OCSF schema version)"));
+        return Err(invalid(
+            "metadata.version",
+            "required (the OCSF schema version)",
+        ));
     }
     match &meta.product {
         Some(p) if !p.name.is_empty() => {
@@ -197,14 +244,28 @@ pub fn validate(mut event: SecurityEvent, device: &Device, now_ms: i64, limits: 
             check_len("actor.user.domain", &user.domain, limits)?;
         }
     }
-    for (prefix, endpoint) in [("src_endpoint", &event.src_endpoint), ("dst_endpoint", &event.dst_endpoint)] {
+    for (prefix, endpoint) in [
+        ("src_endpoint", &event.src_endpoint),
+        ("dst_endpoint", &event.dst_endpoint),
+    ] {
         if let Some(ep) = endpoint {
             let (ip_field, port_field, host_field) = match prefix {
-                "src_endpoint" => ("src_endpoint.ip", "src_endpoint.port", "src_endpoint.hostname"),
-                _ => ("dst_endpoint.ip", "dst_endpoint.port", "dst_endpoint.hostname"),
+                "src_endpoint" => (
+                    "src_endpoint.ip",
+                    "src_endpoint.port",
+                    "src_endpoint.hostname",
+                ),
+                _ => (
+                    "dst_endpoint.ip",
+                    "dst_endpoint.port",
+                    "dst_endpoint.hostname",
+                ),
             };
             if !ep.ip.is_empty() && ep.ip.parse::<std::net::IpAddr>().is_err() {
-                return Err(invalid(ip_field, format!("{:?} is not an IP address", truncate(&ep.ip))));
+                return Err(invalid(
+                    ip_field,
+                    format!("{:?} is not an IP address", truncate(&ep.ip)),
+                ));
             }
             if ep.port > 65_535 {
                 return Err(invalid(port_field, format!("{} is not a port", ep.port)));
@@ -214,26 +275,46 @@ pub fn validate(mut event: SecurityEvent, device: &Device, now_ms: i64, limits: 
     }
     check_unmapped(&event.unmapped, limits)?;
 
-    Ok(AcceptedEvent { tenant: device.tenant.clone(), class_uid: event.class_uid, event })
+    Ok(AcceptedEvent {
+        tenant: device.tenant.clone(),
+        class_uid: event.class_uid,
+        event,
+    })
 }
 
 fn check_len(field: &'static str, value: &str, limits: &Limits) -> Result<(), Refusal> {
     if value.len() > limits.max_string_bytes {
-        return Err(invalid(field, format!("longer than {} bytes", limits.max_string_bytes)));
+        return Err(invalid(
+            field,
+            format!("longer than {} bytes", limits.max_string_bytes),
+        ));
     }
     Ok(())
 }
 
 fn check_unmapped(map: &HashMap<String, String>, limits: &Limits) -> Result<(), Refusal> {
     if map.len() > limits.max_unmapped_entries {
-        return Err(invalid("unmapped", format!("more than {} entries", limits.max_unmapped_entries)));
+        return Err(invalid(
+            "unmapped",
+            format!("more than {} entries", limits.max_unmapped_entries),
+        ));
     }
     for (k, v) in map {
         if k.is_empty() || k.len() > limits.max_unmapped_key_bytes {
-            return Err(invalid("unmapped", format!("keys must be 1 to {} bytes", limits.max_unmapped_key_bytes)));
+            return Err(invalid(
+                "unmapped",
+                format!("keys must be 1 to {} bytes", limits.max_unmapped_key_bytes),
+            ));
         }
         if v.len() > limits.max_unmapped_value_bytes {
-            return Err(invalid("unmapped", format!("value of {:?} longer than {} bytes", truncate(k), limits.max_unmapped_value_bytes)));
+            return Err(invalid(
+                "unmapped",
+                format!(
+                    "value of {:?} longer than {} bytes",
+                    truncate(k),
+                    limits.max_unmapped_value_bytes
+                ),
+            ));
         }
     }
     Ok(())
@@ -269,7 +350,10 @@ mod tests {
     const NOW: i64 = 1_790_000_000_000;
 
     fn device() -> Device {
-        Device { tenant: "acme".into(), device: "cam-01".into() }
+        Device {
+            tenant: "acme".into(),
+            device: "cam-01".into(),
+        }
     }
 
     fn good() -> SecurityEvent {
@@ -283,7 +367,10 @@ mod tests {
             message: "login failed".into(),
             metadata: Some(Metadata {
                 version: "1.5.0".into(),
-                product: Some(Product { name: "sshd".into(), ..Default::default() }),
+                product: Some(Product {
+                    name: "sshd".into(),
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -300,19 +387,28 @@ mod tests {
     #[test]
     fn accepts_and_normalises_a_good_event() {
         let accepted = validate(good(), &device(), NOW, &Limits::default()).ok();
-        let Some(accepted) = accepted else { panic!("refused") };
+        let Some(accepted) = accepted else {
+            panic!("refused")
+        };
         assert_eq!(accepted.tenant, "acme");
         assert_eq!(accepted.event.category_uid, 3);
         assert_eq!(accepted.event.type_uid, 300_201);
         let meta = accepted.event.metadata.unwrap_or_default();
-        assert_eq!((meta.tenant.as_str(), meta.device.as_str(), meta.ingest_time), ("acme", "cam-01", NOW));
+        assert_eq!(
+            (meta.tenant.as_str(), meta.device.as_str(), meta.ingest_time),
+            ("acme", "cam-01", NOW)
+        );
     }
 
     #[test]
     fn names_the_field_of_each_problem() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut SecurityEvent)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut SecurityEvent)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             ("event_id", Box::new(|e| e.event_id.clear())),
-            ("event_id", Box::new(|e| e.event_id = uuid::Uuid::new_v4().to_string())),
+            (
+                "event_id",
+                Box::new(|e| e.event_id = uuid::Uuid::new_v4().to_string()),
+            ),
             ("class_uid", Box::new(|e| e.class_uid = 0)),
             ("category_uid", Box::new(|e| e.category_uid = 4)),
             ("type_uid", Box::new(|e| e.type_uid = 300_299)),
@@ -323,30 +419,74 @@ mod tests {
             ("time", Box::new(|e| e.time = 0)),
             ("message", Box::new(|e| e.message = "x".repeat(5000))),
             ("metadata", Box::new(|e| e.metadata = None)),
-            ("metadata.version", Box::new(|e| if let Some(m) = e.metadata.as_mut() { m.version.clear() })),
-            ("metadata.product.name", Box::new(|e| if let Some(m) = e.metadata.as_mut() { m.product = None })),
+            (
+                "metadata.version",
+                Box::new(|e| {
+                    if let Some(m) = e.metadata.as_mut() {
+                        m.version.clear()
+                    }
+                }),
+            ),
+            (
+                "metadata.product.name",
+                Box::new(|e| {
+                    if let Some(m) = e.metadata.as_mut() {
+                        m.product = None
+                    }
+                }),
+            ),
             (
                 "src_endpoint.ip",
-                Box::new(|e| e.src_endpoint = Some(NetworkEndpoint { ip: "10.0.0.300".into(), ..Default::default() })),
+                Box::new(|e| {
+                    e.src_endpoint = Some(NetworkEndpoint {
+                        ip: "10.0.0.300".into(),
+                        ..Default::default()
+                    })
+                }),
             ),
             (
                 "dst_endpoint.port",
-                Box::new(|e| e.dst_endpoint = Some(NetworkEndpoint { port: 70_000, ..Default::default() })),
+                Box::new(|e| {
+                    e.dst_endpoint = Some(NetworkEndpoint {
+                        port: 70_000,
+                        ..Default::default()
+                    })
+                }),
             ),
-            ("unmapped", Box::new(|e| { e.unmapped.insert(String::new(), "v".into()); })),
-            ("event", Box::new(|e| { for i in 0..40 { e.unmapped.insert(format!("k{i}"), "v".repeat(1000)); } })),
+            (
+                "unmapped",
+                Box::new(|e| {
+                    e.unmapped.insert(String::new(), "v".into());
+                }),
+            ),
+            (
+                "event",
+                Box::new(|e| {
+                    for i in 0..40 {
+                        e.unmapped.insert(format!("k{i}"), "v".repeat(1000));
+                    }
+                }),
+            ),
         ];
         for (field, mutate) in cases {
             let mut event = good();
             mutate(&mut event);
             let r = refusal(event);
-            assert_eq!((r.field, r.code), (field, RejectionCode::InvalidArgument), "{}", r.reason);
+            assert_eq!(
+                (r.field, r.code),
+                (field, RejectionCode::InvalidArgument),
+                "{}",
+                r.reason
+            );
         }
     }
 
     #[test]
     fn another_tenant_or_device_is_permission_denied() {
-        for (tenant, device_name, field) in [("globex", "", "metadata.tenant"), ("", "cam-02", "metadata.device")] {
+        for (tenant, device_name, field) in [
+            ("globex", "", "metadata.tenant"),
+            ("", "cam-02", "metadata.device"),
+        ] {
             let mut event = good();
             if let Some(m) = event.metadata.as_mut() {
                 m.tenant = tenant.into();

@@ -26,23 +26,51 @@ use vigil_proto::query::v1::query_service_server::QueryServiceServer;
 pub struct Config {
     #[arg(long, env = "VIGIL_READER_LISTEN", default_value = "127.0.0.1:4445")]
     pub listen: SocketAddr,
-    #[arg(long, env = "VIGIL_READER_HEALTH_LISTEN", default_value = "127.0.0.1:4446")]
+    #[arg(
+        long,
+        env = "VIGIL_READER_HEALTH_LISTEN",
+        default_value = "127.0.0.1:4446"
+    )]
     pub health_listen: SocketAddr,
-    #[arg(long, env = "VIGIL_READER_TLS_CERT", default_value = "certs/out/server/reader.crt")]
+    #[arg(
+        long,
+        env = "VIGIL_READER_TLS_CERT",
+        default_value = "certs/out/server/reader.crt"
+    )]
     pub tls_cert: PathBuf,
-    #[arg(long, env = "VIGIL_READER_TLS_KEY", default_value = "certs/out/server/reader.key")]
+    #[arg(
+        long,
+        env = "VIGIL_READER_TLS_KEY",
+        default_value = "certs/out/server/reader.key"
+    )]
     pub tls_key: PathBuf,
-    #[arg(long, env = "VIGIL_READER_TLS_CLIENT_CA", default_value = "certs/out/ca.crt")]
+    #[arg(
+        long,
+        env = "VIGIL_READER_TLS_CLIENT_CA",
+        default_value = "certs/out/ca.crt"
+    )]
     pub tls_client_ca: PathBuf,
     #[arg(long, env = "VIGIL_READER_DATABASE_URL")]
     pub database_url: String,
-    #[arg(long, env = "VIGIL_READER_NATS_URL", default_value = "tls://127.0.0.1:4333")]
+    #[arg(
+        long,
+        env = "VIGIL_READER_NATS_URL",
+        default_value = "tls://127.0.0.1:4333"
+    )]
     pub nats_url: String,
     #[arg(long, env = "VIGIL_READER_NATS_CA", default_value = "certs/out/ca.crt")]
     pub nats_ca: PathBuf,
-    #[arg(long, env = "VIGIL_READER_NATS_CERT", default_value = "certs/out/nats/reader.crt")]
+    #[arg(
+        long,
+        env = "VIGIL_READER_NATS_CERT",
+        default_value = "certs/out/nats/reader.crt"
+    )]
     pub nats_cert: PathBuf,
-    #[arg(long, env = "VIGIL_READER_NATS_KEY", default_value = "certs/out/nats/reader.key")]
+    #[arg(
+        long,
+        env = "VIGIL_READER_NATS_KEY",
+        default_value = "certs/out/nats/reader.key"
+    )]
     pub nats_key: PathBuf,
     /// A query running longer than this is cancelled.
     #[arg(long, env = "VIGIL_READER_QUERY_TIMEOUT_SECS", default_value_t = 10)]
@@ -51,7 +79,11 @@ pub struct Config {
 
 impl Config {
     pub fn tls_files(&self) -> ServerTlsFiles {
-        ServerTlsFiles { cert: self.tls_cert.clone(), key: self.tls_key.clone(), client_ca: self.tls_client_ca.clone() }
+        ServerTlsFiles {
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+            client_ca: self.tls_client_ca.clone(),
+        }
     }
 
     pub fn nats(&self) -> NatsSettings {
@@ -68,7 +100,9 @@ impl Config {
         let mut errors = ConfigErrors::new();
         self.tls_files().check("VIGIL_READER", &mut errors);
         self.nats().check("VIGIL_READER", &mut errors);
-        if !(self.database_url.starts_with("postgres://") || self.database_url.starts_with("postgresql://")) {
+        if !(self.database_url.starts_with("postgres://")
+            || self.database_url.starts_with("postgresql://"))
+        {
             errors.add("VIGIL_READER_DATABASE_URL", "must be a postgres:// URL");
         }
         if self.query_timeout_secs == 0 {
@@ -91,7 +125,10 @@ pub enum ReaderError {
     #[error("cannot connect to postgres: {0}")]
     Database(#[source] sqlx::Error),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("grpc server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
 }
@@ -105,7 +142,9 @@ pub struct Reader {
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ReaderError> {
-    TcpListener::bind(addr).await.map_err(|source| ReaderError::Bind { addr, source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ReaderError::Bind { addr, source })
 }
 
 pub async fn build(config: &Config) -> Result<Reader, ReaderError> {
@@ -148,17 +187,26 @@ impl Reader {
     }
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), ReaderError> {
-        let (health, health_task) = vigil_common::health::serve(self.health_listener, shutdown.clone());
-        health.set_serving::<QueryServiceServer<service::QueryApi>>().await;
+        let (health, health_task) =
+            vigil_common::health::serve(self.health_listener, shutdown.clone());
+        health
+            .set_serving::<QueryServiceServer<service::QueryApi>>()
+            .await;
         {
             let health = health.clone();
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
                 shutdown.cancelled().await;
-                health.set_not_serving::<QueryServiceServer<service::QueryApi>>().await;
+                health
+                    .set_not_serving::<QueryServiceServer<service::QueryApi>>()
+                    .await;
             });
         }
-        let nats_task = tokio::spawn(nats_api::serve(self.nats.clone(), self.pool.clone(), shutdown.clone()));
+        let nats_task = tokio::spawn(nats_api::serve(
+            self.nats.clone(),
+            self.pool.clone(),
+            shutdown.clone(),
+        ));
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(vigil_proto::FILE_DESCRIPTOR_SET)
             .build_v1()
@@ -169,7 +217,9 @@ impl Reader {
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .max_concurrent_streams(Some(128))
-            .add_service(QueryServiceServer::new(service::QueryApi::new(self.pool.clone())))
+            .add_service(QueryServiceServer::new(service::QueryApi::new(
+                self.pool.clone(),
+            )))
             .add_optional_service(reflection)
             .serve_with_incoming_shutdown(incoming, shutdown.cancelled())
             .await?;

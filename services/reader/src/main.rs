@@ -3,7 +3,10 @@
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(version, about = "vigil reader: the QueryService over Postgres (gRPC and NATS)")]
+#[command(
+    version,
+    about = "vigil reader: the QueryService over Postgres (gRPC and NATS)"
+)]
 struct Cli {
     #[command(flatten)]
     config: vigil_reader::Config,
@@ -30,7 +33,10 @@ async fn main() -> std::process::ExitCode {
         health = %reader.health_addr().map(|a| a.to_string()).unwrap_or_default(),
         "reader listening"
     );
-    match reader.run_until_stopped(vigil_common::shutdown::on_signal()).await {
+    match reader
+        .run_until_stopped(vigil_common::shutdown::on_signal())
+        .await
+    {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "reader failed");

@@ -12,23 +12,31 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use vigil_common::error::ApiError;
 use vigil_common::subjects::{
-    MESSAGE_TYPE_HEADER, PROTOBUF_CONTENT_TYPE, QUERY_EVENTS, QUERY_QUEUE_GROUP, SERVICE_ERROR_CODE_HEADER,
-    SERVICE_ERROR_HEADER,
+    MESSAGE_TYPE_HEADER, PROTOBUF_CONTENT_TYPE, QUERY_EVENTS, QUERY_QUEUE_GROUP,
+    SERVICE_ERROR_CODE_HEADER, SERVICE_ERROR_HEADER,
 };
 use vigil_proto::query::v1::ListEventsRequest;
 
 use crate::query::{self, EventQuery, TenantScope};
 
 /// Subscribes (queue group `reader`) and answers until `shutdown`.
-pub async fn serve(nats: async_nats::Client, pool: PgPool, shutdown: CancellationToken) -> Result<(), async_nats::SubscribeError> {
-    let mut requests = nats.queue_subscribe(QUERY_EVENTS, QUERY_QUEUE_GROUP.to_owned()).await?;
+pub async fn serve(
+    nats: async_nats::Client,
+    pool: PgPool,
+    shutdown: CancellationToken,
+) -> Result<(), async_nats::SubscribeError> {
+    let mut requests = nats
+        .queue_subscribe(QUERY_EVENTS, QUERY_QUEUE_GROUP.to_owned())
+        .await?;
     let tasks = tokio_util::task::TaskTracker::new();
     loop {
         let message = tokio::select! {
             () = shutdown.cancelled() => break,
             m = requests.next() => match m { Some(m) => m, None => break },
         };
-        let Some(reply) = message.reply.clone() else { continue };
+        let Some(reply) = message.reply.clone() else {
+            continue;
+        };
         let nats = nats.clone();
         let pool = pool.clone();
         tasks.spawn(async move {

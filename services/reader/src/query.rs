@@ -43,7 +43,10 @@ impl EventQuery {
         let mut violations = Vec::new();
         let min_severity = request.min_severity;
         if !(0..=6).contains(&min_severity) {
-            violations.push(FieldViolation::new("min_severity", format!("{min_severity} is not a severity from 0 to 6")));
+            violations.push(FieldViolation::new(
+                "min_severity",
+                format!("{min_severity} is not a severity from 0 to 6"),
+            ));
         }
         if request.class_uids.len() > 64 {
             violations.push(FieldViolation::new("class_uids", "at most 64 classes"));
@@ -60,10 +63,10 @@ impl EventQuery {
         };
         let start = time(request.start_time, "start_time", &mut violations);
         let end = time(request.end_time, "end_time", &mut violations);
-        if let (Some(s), Some(e)) = (start, end) {
-            if s >= e {
-                violations.push(FieldViolation::new("end_time", "must be after start_time"));
-            }
+        if let (Some(s), Some(e)) = (start, end)
+            && s >= e
+        {
+            violations.push(FieldViolation::new("end_time", "must be after start_time"));
         }
         let limit = match request.limit {
             0 => DEFAULT_LIMIT,
@@ -72,7 +75,13 @@ impl EventQuery {
         let mut class_uids = request.class_uids.clone();
         class_uids.sort_unstable();
         class_uids.dedup();
-        let filter_hash = filter_hash(min_severity, &class_uids, &request.source_device, request.start_time, request.end_time);
+        let filter_hash = filter_hash(
+            min_severity,
+            &class_uids,
+            &request.source_device,
+            request.start_time,
+            request.end_time,
+        );
         let after = if request.page_token.is_empty() {
             None
         } else {
@@ -90,7 +99,8 @@ impl EventQuery {
         Ok(Self {
             min_severity,
             class_uids,
-            source_device: (!request.source_device.is_empty()).then(|| request.source_device.clone()),
+            source_device: (!request.source_device.is_empty())
+                .then(|| request.source_device.clone()),
             start,
             end,
             limit,
@@ -100,19 +110,39 @@ impl EventQuery {
     }
 }
 
-fn filter_hash(min_severity: i32, class_uids: &[i32], device: &str, start: i64, end: i64) -> String {
+fn filter_hash(
+    min_severity: i32,
+    class_uids: &[i32],
+    device: &str,
+    start: i64,
+    end: i64,
+) -> String {
     let mut h = Sha256::new();
-    h.update(format!("{min_severity}|{class_uids:?}|{device}|{start}|{end}"));
-    h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
+    h.update(format!(
+        "{min_severity}|{class_uids:?}|{device}|{start}|{end}"
+    ));
+    h.finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// `v1.<time ms>.<event id>.<filter hash>`, base64url. The hash ties a token
 /// to the filters it was issued for.
 fn encode_token(time: DateTime<Utc>, event_id: uuid::Uuid, filter_hash: &str) -> String {
-    URL_SAFE_NO_PAD.encode(format!("v1.{}.{}.{}", time.timestamp_millis(), event_id, filter_hash))
+    URL_SAFE_NO_PAD.encode(format!(
+        "v1.{}.{}.{}",
+        time.timestamp_millis(),
+        event_id,
+        filter_hash
+    ))
 }
 
-fn decode_token(token: &str, filter_hash: &str) -> Result<(DateTime<Utc>, uuid::Uuid), &'static str> {
+fn decode_token(
+    token: &str,
+    filter_hash: &str,
+) -> Result<(DateTime<Utc>, uuid::Uuid), &'static str> {
     const MALFORMED: &str = "malformed page token";
     if token.len() > 256 {
         return Err(MALFORMED);
@@ -137,10 +167,12 @@ fn decode_token(token: &str, filter_hash: &str) -> Result<(DateTime<Utc>, uuid::
 
 fn db_error(error: sqlx::Error) -> ApiError {
     match error {
-        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => ApiError::Unavailable {
-            reason: "event database unavailable".into(),
-            retry_after: std::time::Duration::from_secs(1),
-        },
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+            ApiError::Unavailable {
+                reason: "event database unavailable".into(),
+                retry_after: std::time::Duration::from_secs(1),
+            }
+        }
         other => ApiError::Internal(other.to_string()),
     }
 }
@@ -153,7 +185,11 @@ fn tenants_param(scope: &TenantScope) -> Option<Vec<String>> {
 }
 
 /// Runs a query: newest first by (time, event_id), one page.
-pub async fn list_events(pool: &PgPool, scope: &TenantScope, query: &EventQuery) -> Result<ListEventsResponse, ApiError> {
+pub async fn list_events(
+    pool: &PgPool,
+    scope: &TenantScope,
+    query: &EventQuery,
+) -> Result<ListEventsResponse, ApiError> {
     // The severity bound is a literal (a validated integer 1..=6), so the
     // planner can use the partial HIGH+ indexes; everything else is bound.
     let severity = match query.min_severity {
@@ -193,19 +229,30 @@ pub async fn list_events(pool: &PgPool, scope: &TenantScope, query: &EventQuery)
         let payload: Vec<u8> = row.try_get("payload").map_err(db_error)?;
         let time: DateTime<Utc> = row.try_get("time").map_err(db_error)?;
         let id: uuid::Uuid = row.try_get("event_id").map_err(db_error)?;
-        events.push(SecurityEvent::decode(payload.as_slice()).map_err(|e| ApiError::Internal(format!("stored event {id}: {e}")))?);
+        events.push(
+            SecurityEvent::decode(payload.as_slice())
+                .map_err(|e| ApiError::Internal(format!("stored event {id}: {e}")))?,
+        );
         last = Some((time, id));
     }
     let next_page_token = match (more, last) {
         (true, Some((time, id))) => encode_token(time, id, &query.filter_hash),
         _ => String::new(),
     };
-    Ok(ListEventsResponse { events, next_page_token })
+    Ok(ListEventsResponse {
+        events,
+        next_page_token,
+    })
 }
 
 /// One event by id, or NOT_FOUND (also when it is outside the scope).
-pub async fn get_event(pool: &PgPool, scope: &TenantScope, request: &GetEventRequest) -> Result<SecurityEvent, ApiError> {
-    let id = uuid::Uuid::parse_str(&request.event_id).map_err(|_| ApiError::invalid("event_id", "not a UUID"))?;
+pub async fn get_event(
+    pool: &PgPool,
+    scope: &TenantScope,
+    request: &GetEventRequest,
+) -> Result<SecurityEvent, ApiError> {
+    let id = uuid::Uuid::parse_str(&request.event_id)
+        .map_err(|_| ApiError::invalid("event_id", "not a UUID"))?;
     let row = sqlx::query(
         "SELECT payload FROM events WHERE event_id = $1 AND ($2::text[] IS NULL OR tenant = ANY($2)) ORDER BY tenant LIMIT 1",
     )
@@ -216,7 +263,8 @@ pub async fn get_event(pool: &PgPool, scope: &TenantScope, request: &GetEventReq
     .map_err(db_error)?
     .ok_or_else(|| ApiError::NotFound(format!("event {id}")))?;
     let payload: Vec<u8> = row.try_get("payload").map_err(db_error)?;
-    SecurityEvent::decode(payload.as_slice()).map_err(|e| ApiError::Internal(format!("stored event {id}: {e}")))
+    SecurityEvent::decode(payload.as_slice())
+        .map_err(|e| ApiError::Internal(format!("stored event {id}: {e}")))
 }
 
 #[cfg(test)]
@@ -224,7 +272,11 @@ mod tests {
     use super::*;
 
     fn request() -> ListEventsRequest {
-        ListEventsRequest { min_severity: 4, limit: 10, ..Default::default() }
+        ListEventsRequest {
+            min_severity: 4,
+            limit: 10,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -236,25 +288,40 @@ mod tests {
         let token = encode_token(time, id, &q.filter_hash);
         let mut next = request();
         next.page_token = token.clone();
-        assert_eq!(EventQuery::parse(&next).ok().and_then(|q| q.after), Some((time, id)));
+        assert_eq!(
+            EventQuery::parse(&next).ok().and_then(|q| q.after),
+            Some((time, id))
+        );
         let mut other = request();
         other.min_severity = 5;
         other.page_token = token;
-        assert!(matches!(EventQuery::parse(&other), Err(ApiError::InvalidArgument(v)) if v[0].field == "page_token"));
+        assert!(
+            matches!(EventQuery::parse(&other), Err(ApiError::InvalidArgument(v)) if v[0].field == "page_token")
+        );
     }
 
     #[test]
     fn garbage_tokens_and_bad_filters_are_invalid_argument() {
-        for token in ["x", "!!!", &URL_SAFE_NO_PAD.encode("v1.1.2.3"), &"A".repeat(300)] {
+        for token in [
+            "x",
+            "!!!",
+            &URL_SAFE_NO_PAD.encode("v1.1.2.3"),
+            &"A".repeat(300),
+        ] {
             let mut r = request();
             r.page_token = token.to_owned();
-            assert!(matches!(EventQuery::parse(&r), Err(ApiError::InvalidArgument(_))), "{token}");
+            assert!(
+                matches!(EventQuery::parse(&r), Err(ApiError::InvalidArgument(_))),
+                "{token}"
+            );
         }
         let mut r = request();
         r.min_severity = 7;
         r.start_time = 20;
         r.end_time = 10;
-        let Err(ApiError::InvalidArgument(v)) = EventQuery::parse(&r) else { panic!("expected invalid") };
+        let Err(ApiError::InvalidArgument(v)) = EventQuery::parse(&r) else {
+            panic!("expected invalid")
+        };
         let fields: Vec<_> = v.iter().map(|v| v.field.as_str()).collect();
         assert_eq!(fields, ["min_severity", "end_time"]);
     }
@@ -263,7 +330,10 @@ mod tests {
     fn limit_defaults_and_caps() {
         let mut r = request();
         r.limit = 0;
-        assert_eq!(EventQuery::parse(&r).map(|q| q.limit).ok(), Some(DEFAULT_LIMIT));
+        assert_eq!(
+            EventQuery::parse(&r).map(|q| q.limit).ok(),
+            Some(DEFAULT_LIMIT)
+        );
         r.limit = 50_000;
         assert_eq!(EventQuery::parse(&r).map(|q| q.limit).ok(), Some(MAX_LIMIT));
     }

@@ -6,7 +6,9 @@ use tonic::{Request, Response, Status};
 use vigil_common::error::ApiError;
 use vigil_common::identity::{Identity, PeerInfo};
 use vigil_proto::query::v1::query_service_server::QueryService;
-use vigil_proto::query::v1::{GetEventRequest, GetEventResponse, ListEventsRequest, ListEventsResponse};
+use vigil_proto::query::v1::{
+    GetEventRequest, GetEventResponse, ListEventsRequest, ListEventsResponse,
+};
 
 use crate::query::{self, EventQuery, TenantScope};
 
@@ -31,20 +33,30 @@ fn caller_scope<T>(request: &Request<T>) -> Result<TenantScope, ApiError> {
         // Per-user tenant grants arrive with the policy file; until then a
         // user identity is an operator-issued analyst trusted with all.
         Ok(Identity::User { .. }) => Ok(TenantScope::All),
-        Ok(other) => Err(ApiError::PermissionDenied(format!("{other} is not a user; only users may query"))),
+        Ok(other) => Err(ApiError::PermissionDenied(format!(
+            "{other} is not a user; only users may query"
+        ))),
         Err(e) => Err(ApiError::Unauthenticated(e.to_string())),
     }
 }
 
 #[tonic::async_trait]
 impl QueryService for QueryApi {
-    async fn list_events(&self, request: Request<ListEventsRequest>) -> Result<Response<ListEventsResponse>, Status> {
+    async fn list_events(
+        &self,
+        request: Request<ListEventsRequest>,
+    ) -> Result<Response<ListEventsResponse>, Status> {
         let scope = caller_scope(&request)?;
         let query = EventQuery::parse(request.get_ref())?;
-        Ok(Response::new(query::list_events(&self.pool, &scope, &query).await?))
+        Ok(Response::new(
+            query::list_events(&self.pool, &scope, &query).await?,
+        ))
     }
 
-    async fn get_event(&self, request: Request<GetEventRequest>) -> Result<Response<GetEventResponse>, Status> {
+    async fn get_event(
+        &self,
+        request: Request<GetEventRequest>,
+    ) -> Result<Response<GetEventResponse>, Status> {
         let scope = caller_scope(&request)?;
         let event = query::get_event(&self.pool, &scope, request.get_ref()).await?;
         Ok(Response::new(GetEventResponse { event: Some(event) }))

@@ -1,0 +1,233 @@
+//! Each service's NATS user can do what its service needs and is refused
+//! what it must not do (nats-config/users.conf), and NATS-native clients
+//! get ListEvents on `query.events`.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use bytes::Bytes;
+use futures::StreamExt;
+use prost::Message;
+use tokio::sync::mpsc;
+use vigil_common::subjects::{
+    self, EVENTS_STREAM, QUERY_EVENTS, SERVICE_ERROR_CODE_HEADER, WRITER_CONSUMER,
+};
+use vigil_e2e::Mesh;
+use vigil_proto::event::v1::EventBatch;
+use vigil_proto::ingest::v1::PublishRequest;
+use vigil_proto::query::v1::{ListEventsRequest, ListEventsResponse};
+
+/// A connection as `user`, with the server's permission errors collected.
+async fn connect_as(
+    mesh: &Mesh,
+    user: &str,
+) -> anyhow::Result<(async_nats::Client, mpsc::UnboundedReceiver<String>)> {
+    let settings = mesh.nats.settings(user);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let client = async_nats::ConnectOptions::new()
+        .require_tls(true)
+        .add_root_certificates(settings.ca)
+        .add_client_certificate(settings.cert, settings.key)
+        .custom_inbox_prefix(settings.inbox_prefix)
+        .event_callback(move |event| {
+            let tx = tx.clone();
+            async move {
+                if let async_nats::Event::ServerError(e) = event {
+                    let _ = tx.send(e.to_string());
+                }
+            }
+        })
+        .connect(mesh.nats.url())
+        .await?;
+    Ok((client, rx))
+}
+
+/// Waits for a permissions violation mentioning `what`.
+async fn refused(errors: &mut mpsc::UnboundedReceiver<String>, what: &str) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let e = tokio::time::timeout_at(deadline, errors.recv())
+            .await
+            .map_err(|_| anyhow::anyhow!("no permissions violation for {what}"))?
+            .ok_or_else(|| anyhow::anyhow!("connection closed"))?;
+        if e.to_lowercase().contains("permissions violation") && e.contains(what) {
+            return Ok(());
+        }
+    }
+}
+
+async fn stream_messages(js: &jetstream::Context) -> anyhow::Result<u64> {
+    Ok(js
+        .get_stream(EVENTS_STREAM)
+        .await?
+        .info()
+        .await?
+        .state
+        .messages)
+}
+
+/// A JetStream publish that must not be stored: the request fails (no ack).
+async fn js_publish_refused(client: &async_nats::Client, subject: &str) -> anyhow::Result<()> {
+    let mut js = jetstream::new(client.clone());
+    js.set_timeout(Duration::from_millis(500));
+    let ack = js
+        .publish(subject.to_owned(), Bytes::from_static(b"x"))
+        .await;
+    let result = match ack {
+        Ok(ack) => ack.await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    anyhow::ensure!(result.is_err(), "publish to {subject} was acknowledged");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_service_user_can_do_its_job_and_nothing_else() -> anyhow::Result<()> {
+    let mesh = Mesh::start().await?;
+    let (admin, _) = connect_as(&mesh, "admin").await?;
+    let admin_js = jetstream::new(admin.clone());
+    let subject = subjects::events_subject("acme", 3002);
+
+    // gateway: may publish events (and gets the ack on its inbox)...
+    let (gateway, mut gateway_errors) = connect_as(&mesh, "gateway").await?;
+    let batch = EventBatch::default().encode_to_vec();
+    jetstream::new(gateway.clone())
+        .publish(subject.clone(), batch.into())
+        .await?
+        .await?;
+    assert_eq!(stream_messages(&admin_js).await?, 1);
+    // ...but not answer queries, read events, or call the JetStream API.
+    gateway.publish(QUERY_EVENTS, Bytes::new()).await?;
+    refused(&mut gateway_errors, "query.events").await?;
+    let _sub = gateway.subscribe("events.>").await?;
+    refused(&mut gateway_errors, "events.>").await?;
+    gateway
+        .publish("$JS.API.STREAM.DELETE.EVENTS", Bytes::new())
+        .await?;
+    refused(&mut gateway_errors, "$JS.API.STREAM.DELETE.EVENTS").await?;
+
+    // writer: may open its own consumer (the in-process writer pulling and
+    // acking with this user is what stores events in every other test)...
+    let (writer, mut writer_errors) = connect_as(&mesh, "writer").await?;
+    let consumer: jetstream::consumer::PullConsumer = jetstream::new(writer.clone())
+        .get_consumer_from_stream(WRITER_CONSUMER, EVENTS_STREAM)
+        .await?;
+    assert_eq!(
+        consumer.cached_info().config.durable_name.as_deref(),
+        Some(WRITER_CONSUMER)
+    );
+    // ...but not publish events, nor touch streams.
+    js_publish_refused(&writer, &subject).await?;
+    refused(&mut writer_errors, "events.acme.3002").await?;
+    writer
+        .publish("$JS.API.STREAM.DELETE.EVENTS", Bytes::new())
+        .await?;
+    refused(&mut writer_errors, "$JS.API.STREAM.DELETE.EVENTS").await?;
+
+    // reader: may not publish events or read the event firehose.
+    let (reader, mut reader_errors) = connect_as(&mesh, "reader").await?;
+    reader.publish(subject.clone(), Bytes::new()).await?;
+    refused(&mut reader_errors, "events.acme.3002").await?;
+    let _sub = reader.subscribe("events.>").await?;
+    refused(&mut reader_errors, "events.>").await?;
+
+    // admin: the JetStream API only, no events.
+    let (admin2, mut admin_errors) = connect_as(&mesh, "admin").await?;
+    js_publish_refused(&admin2, &subject).await?;
+    refused(&mut admin_errors, "events.acme.3002").await?;
+
+    // subscriber: live events and queries, no publishing events.
+    let (subscriber, mut subscriber_errors) = connect_as(&mesh, "subscriber").await?;
+    js_publish_refused(&subscriber, &subject).await?;
+    refused(&mut subscriber_errors, "events.acme.3002").await?;
+
+    // Nothing refused was stored.
+    assert_eq!(stream_messages(&admin_js).await?, 1);
+    mesh.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_clients_query_events_and_see_what_grpc_sees() -> anyhow::Result<()> {
+    let mesh = Mesh::start().await?;
+    let mut device = mesh.device("acme", "cam-01").await?;
+    let mut rng = rand::rng();
+    let now = vigil_common::now_millis();
+    let events: Vec<_> = (0..30)
+        .map(|i| {
+            let mut e = vigil_client::events::sample(
+                vigil_client::events::Kind::Dns,
+                &mut rng,
+                now - i * 1000,
+            );
+            e.severity_id = if i % 3 == 0 { 5 } else { 1 };
+            e
+        })
+        .collect();
+    device.publish(PublishRequest { events }).await?;
+    mesh.wait_for_events(30).await?;
+
+    let (subscriber, _) = connect_as(&mesh, "subscriber").await?;
+    let request = ListEventsRequest {
+        min_severity: 4,
+        limit: 5,
+        ..Default::default()
+    };
+    let reply = subscriber
+        .request(QUERY_EVENTS, request.encode_to_vec().into())
+        .await?;
+    let over_nats = ListEventsResponse::decode(reply.payload.as_ref())?;
+    let over_grpc = mesh
+        .analyst()
+        .await?
+        .list_events(request)
+        .await?
+        .into_inner();
+    assert_eq!(over_nats.events.len(), 5);
+    assert_eq!(over_nats, over_grpc);
+
+    // A bad request gets an error header naming the problem, not silence.
+    let reply = subscriber
+        .request(QUERY_EVENTS, Bytes::from_static(b"\xff\xff\xff"))
+        .await?;
+    let code = reply
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(SERVICE_ERROR_CODE_HEADER))
+        .map(|v| v.as_str().to_owned());
+    assert_eq!(code.as_deref(), Some("400"));
+    let bad_token = ListEventsRequest {
+        page_token: "garbage".into(),
+        ..Default::default()
+    };
+    let reply = subscriber
+        .request(QUERY_EVENTS, bad_token.encode_to_vec().into())
+        .await?;
+    let error = reply
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(subjects::SERVICE_ERROR_HEADER))
+        .map(|v| v.as_str().to_owned());
+    assert!(error.is_some_and(|e| e.contains("page_token")));
+
+    // The live firehose is there for subscribers too.
+    let mut live = subscriber.subscribe("events.>").await?;
+    subscriber.flush().await?;
+    let one = vigil_client::events::sample(
+        vigil_client::events::Kind::File,
+        &mut rng,
+        vigil_common::now_millis(),
+    );
+    let id = one.event_id.clone();
+    device.publish(PublishRequest { events: vec![one] }).await?;
+    let message = tokio::time::timeout(Duration::from_secs(5), live.next())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no live event"))?;
+    assert_eq!(message.subject.as_str(), "events.acme.1001");
+    assert_eq!(
+        EventBatch::decode(message.payload.as_ref())?.events[0].event_id,
+        id
+    );
+    mesh.stop().await;
+    Ok(())
+}
