@@ -204,7 +204,28 @@ impl From<ClientError> for Failure {
     }
 }
 
-fn status_failure(what: &str, addr: &str, status: tonic::Status) -> Failure {
+/// How a refused client certificate surfaces in a failed first call.
+const REFUSAL_HINTS: &[&str] = &[
+    "cancel",
+    "transport error",
+    "tls",
+    "certificate",
+    "handshake",
+    "connection reset",
+    "broken pipe",
+    "alert",
+];
+
+/// Classifies a failed call. `cert` is the certificate we presented: with
+/// TLS 1.3 a server refuses a client certificate only after the client
+/// thinks the handshake is done, so a refusal shows up as the first call
+/// being cancelled or reset.
+fn status_failure(
+    what: &str,
+    addr: &str,
+    cert: &std::path::Path,
+    status: tonic::Status,
+) -> Failure {
     use tonic::Code;
     let detail = status.message();
     let lower = detail.to_ascii_lowercase();
@@ -213,22 +234,14 @@ fn status_failure(what: &str, addr: &str, status: tonic::Status) -> Failure {
         Code::Unauthenticated => (4, format!("{what}: not authenticated: {detail}")),
         Code::InvalidArgument => (5, format!("{what}: invalid request: {detail}")),
         Code::NotFound => (1, format!("{what}: {detail}")),
-        Code::Unavailable | Code::Unknown
-            if [
-                "tls",
-                "certificate",
-                "handshake",
-                "connection reset",
-                "broken pipe",
-                "alert",
-            ]
-            .iter()
-            .any(|w| lower.contains(w)) =>
+        Code::Cancelled | Code::Unavailable | Code::Unknown
+            if REFUSAL_HINTS.iter().any(|w| lower.contains(w)) =>
         {
             (
                 4,
                 format!(
-                    "{what}: {addr} refused the connection; is your certificate issued by the vigil CA and valid? ({detail})"
+                    "{what}: {addr} closed the connection after the TLS handshake: it most likely refused our certificate {} (is it issued by the vigil CA and still valid?) [{detail}]",
+                    cert.display()
                 ),
             )
         }
@@ -283,7 +296,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let response = client
                 .list_events(request)
                 .await
-                .map_err(|s| status_failure("events", &cli.reader, s))?
+                .map_err(|s| status_failure("events", &cli.reader, &cli.cert, s))?
                 .into_inner();
             output::events(cli.output, &response.events, &response.next_page_token);
             Ok(())
@@ -293,7 +306,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let response = QueryServiceClient::new(channel)
                 .get_event(GetEventRequest { event_id })
                 .await
-                .map_err(|s| status_failure("event", &cli.reader, s))?
+                .map_err(|s| status_failure("event", &cli.reader, &cli.cert, s))?
                 .into_inner();
             if let Some(event) = response.event {
                 output::event(cli.output, &event);
@@ -324,7 +337,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             let device = TlsFiles {
                 ca: cli.ca.clone(),
-                cert: device_cert,
+                cert: device_cert.clone(),
                 key: device_key,
             };
             let channel = vigil_client::connect(&cli.gateway, &device).await?;
@@ -334,7 +347,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     events: vec![event],
                 })
                 .await
-                .map_err(|s| status_failure("send", &cli.gateway, s))?
+                .map_err(|s| status_failure("send", &cli.gateway, &device_cert, s))?
                 .into_inner();
             if let Some(r) = response.rejected.first() {
                 return Err(Failure {

@@ -184,21 +184,27 @@ fn tenants_param(scope: &TenantScope) -> Option<Vec<String>> {
     }
 }
 
-/// Runs a query: newest first by (time, event_id), one page.
-pub async fn list_events(
-    pool: &PgPool,
-    scope: &TenantScope,
-    query: &EventQuery,
-) -> Result<ListEventsResponse, ApiError> {
-    // The severity bound is a literal (a validated integer 1..=6), so the
-    // planner can use the partial HIGH+ indexes; everything else is bound.
-    let severity = match query.min_severity {
-        0 => String::new(),
-        n => format!("AND severity_id BETWEEN {n} AND 6"),
+/// The SQL of `ListEvents`, with `$1` the scope's tenants (`text[]`, NULL
+/// for all), `$2` classes, `$3` device, `$4`/`$5` time range, `$6`/`$7`
+/// keyset position, `$8` limit.
+///
+/// The severity bound is a literal (an integer bounded to 1..=6 by
+/// [`EventQuery::parse`]) so the planner can use the partial HIGH+ indexes,
+/// and a one-tenant scope is an equality so `(tenant, time, event_id)`
+/// indexes deliver rows in order; everything else is bound.
+pub fn list_sql(min_severity: i32, scope: &TenantScope) -> String {
+    let severity = match min_severity {
+        n @ 1..=6 => format!("AND severity_id BETWEEN {n} AND 6"),
+        _ => String::new(),
     };
-    let sql = format!(
+    let tenant = match scope {
+        TenantScope::All => "$1::text[] IS NULL",
+        TenantScope::Only(t) if t.len() == 1 => "tenant = ($1::text[])[1]",
+        TenantScope::Only(_) => "tenant = ANY($1::text[])",
+    };
+    format!(
         "SELECT payload, time, event_id FROM events
-         WHERE ($1::text[] IS NULL OR tenant = ANY($1))
+         WHERE {tenant}
            {severity}
            AND (cardinality($2::int4[]) = 0 OR class_uid = ANY($2))
            AND ($3::text IS NULL OR device = $3)
@@ -207,9 +213,16 @@ pub async fn list_events(
            AND ($6::timestamptz IS NULL OR (time, event_id) < ($6, $7::uuid))
          ORDER BY time DESC, event_id DESC
          LIMIT $8"
-    );
-    // Audited: the only interpolation is `severity`, built above from an
-    // integer that `EventQuery::parse` bounded to 1..=6.
+    )
+}
+
+/// Runs a query: newest first by (time, event_id), one page.
+pub async fn list_events(
+    pool: &PgPool,
+    scope: &TenantScope,
+    query: &EventQuery,
+) -> Result<ListEventsResponse, ApiError> {
+    let sql = list_sql(query.min_severity, scope);
     let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(tenants_param(scope))
         .bind(&query.class_uids)
