@@ -26,6 +26,10 @@ use vigil_common::config::NatsSettings;
 use vigil_proto::ingest::v1::ingest_service_client::IngestServiceClient;
 use vigil_proto::query::v1::query_service_client::QueryServiceClient;
 
+pub mod load;
+pub mod proxy;
+pub mod stack;
+
 pub use tonic::transport::Channel;
 
 pub fn workspace_root() -> PathBuf {
@@ -165,6 +169,10 @@ impl NatsServer {
         Ok(())
     }
 
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// SIGKILLs the server (the store survives for [`NatsServer::spawn`]).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -249,16 +257,26 @@ impl Drop for TestDb {
     }
 }
 
-/// Knobs a test may turn before the mesh starts.
+/// Knobs a test may turn before the mesh starts. The defaults are the
+/// production ones scaled down so failures recover in seconds.
 #[derive(Debug, Clone)]
 pub struct MeshOptions {
     pub publish_timeout_secs: u64,
+    pub writer_max_deliveries: i64,
+    pub writer_retry_base_ms: u64,
+    pub limits: vigil_common::provision::StreamLimits,
 }
 
 impl Default for MeshOptions {
     fn default() -> Self {
         Self {
             publish_timeout_secs: 5,
+            writer_max_deliveries: 3,
+            writer_retry_base_ms: 50,
+            limits: vigil_common::provision::StreamLimits {
+                writer_ack_wait: Duration::from_secs(5),
+                ..Default::default()
+            },
         }
     }
 }
@@ -286,11 +304,7 @@ impl Mesh {
         let pki = vigil_certs::generate(pki_dir.path(), &vigil_certs::Options::default())?;
         let nats = NatsServer::start(&pki).await?;
         let admin = vigil_common::nats::connect(&nats.settings("admin"), "test-admin").await?;
-        vigil_common::provision::provision(
-            &admin,
-            &vigil_common::provision::StreamLimits::default(),
-        )
-        .await?;
+        vigil_common::provision::provision(&admin, &options.limits).await?;
         admin.flush().await?;
         let db = TestDb::create().await?;
         let pool = PgPool::connect(&db.url).await?;
@@ -325,6 +339,8 @@ impl Mesh {
             nats_key: nats_client("writer").key,
             batch_max_messages: 200,
             batch_max_wait_ms: 50,
+            max_deliveries: options.writer_max_deliveries,
+            retry_base_ms: options.writer_retry_base_ms,
         })
         .await?;
         let reader = vigil_reader::build(&vigil_reader::Config {

@@ -8,6 +8,7 @@ use vigil_proto::ingest::v1::PublishRequest;
 async fn gateway_answers_unavailable_while_nats_is_down_then_recovers() -> anyhow::Result<()> {
     let mut mesh = Mesh::start_with(MeshOptions {
         publish_timeout_secs: 2,
+        ..Default::default()
     })
     .await?;
     let mut device = mesh.device("acme", "cam-01").await?;

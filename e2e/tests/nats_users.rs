@@ -116,6 +116,16 @@ async fn each_service_user_can_do_its_job_and_nothing_else() -> anyhow::Result<(
         consumer.cached_info().config.durable_name.as_deref(),
         Some(WRITER_CONSUMER)
     );
+    // ...and dead-letter to its own DLQ subject only...
+    jetstream::new(writer.clone())
+        .publish(
+            subjects::dlq_subject(EVENTS_STREAM, WRITER_CONSUMER),
+            Bytes::from_static(b"x"),
+        )
+        .await?
+        .await?;
+    js_publish_refused(&writer, "dlq.EVENTS.someone-else").await?;
+    refused(&mut writer_errors, "dlq.EVENTS.someone-else").await?;
     // ...but not publish events, nor touch streams.
     js_publish_refused(&writer, &subject).await?;
     refused(&mut writer_errors, "events.acme.3002").await?;
@@ -131,10 +141,13 @@ async fn each_service_user_can_do_its_job_and_nothing_else() -> anyhow::Result<(
     let _sub = reader.subscribe("events.>").await?;
     refused(&mut reader_errors, "events.>").await?;
 
-    // admin: the JetStream API only, no events.
+    // admin: the JetStream API and DLQ replay to events, but not the live
+    // firehose or the query API.
     let (admin2, mut admin_errors) = connect_as(&mesh, "admin").await?;
-    js_publish_refused(&admin2, &subject).await?;
-    refused(&mut admin_errors, "events.acme.3002").await?;
+    let _sub = admin2.subscribe("events.>").await?;
+    refused(&mut admin_errors, "events.>").await?;
+    admin2.publish(QUERY_EVENTS, Bytes::new()).await?;
+    refused(&mut admin_errors, "query.events").await?;
 
     // subscriber: live events and queries, no publishing events.
     let (subscriber, mut subscriber_errors) = connect_as(&mesh, "subscriber").await?;

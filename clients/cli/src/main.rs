@@ -138,27 +138,82 @@ enum Command {
         #[command(subcommand)]
         command: AdminCommand,
     },
+    /// Dead letters: messages a consumer could not process.
+    Dlq {
+        #[command(flatten)]
+        nats: NatsAdmin,
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+/// How operator commands reach NATS: as the admin user.
+#[derive(clap::Args)]
+struct NatsAdmin {
+    #[arg(long, env = "VIGIL_NATS_URL", default_value = "tls://127.0.0.1:4333")]
+    nats_url: String,
+    /// The admin NATS user's certificate.
+    #[arg(
+        long,
+        env = "VIGIL_NATS_ADMIN_CERT",
+        default_value = "certs/out/nats/admin.crt"
+    )]
+    nats_cert: PathBuf,
+    #[arg(
+        long,
+        env = "VIGIL_NATS_ADMIN_KEY",
+        default_value = "certs/out/nats/admin.key"
+    )]
+    nats_key: PathBuf,
+}
+
+impl NatsAdmin {
+    async fn connect(&self, ca: &std::path::Path) -> Result<async_nats::Client, Failure> {
+        let settings = vigil_common::config::NatsSettings {
+            url: self.nats_url.clone(),
+            ca: ca.to_owned(),
+            cert: self.nats_cert.clone(),
+            key: self.nats_key.clone(),
+            inbox_prefix: vigil_common::subjects::inbox_prefix("admin"),
+        };
+        vigil_common::nats::connect(&settings, "vigil-admin")
+            .await
+            .map_err(|e| Failure {
+                code: 3,
+                message: e.to_string(),
+            })
+    }
 }
 
 #[derive(Subcommand)]
 enum AdminCommand {
     /// Create the JetStream streams and durable consumers (idempotent).
     Provision {
-        #[arg(long, env = "VIGIL_NATS_URL", default_value = "tls://127.0.0.1:4333")]
-        nats_url: String,
-        /// The admin NATS user's certificate.
-        #[arg(
-            long,
-            env = "VIGIL_NATS_ADMIN_CERT",
-            default_value = "certs/out/nats/admin.crt"
-        )]
-        nats_cert: PathBuf,
-        #[arg(
-            long,
-            env = "VIGIL_NATS_ADMIN_KEY",
-            default_value = "certs/out/nats/admin.key"
-        )]
-        nats_key: PathBuf,
+        #[command(flatten)]
+        nats: NatsAdmin,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// List dead letters, oldest first.
+    List,
+    /// Republish dead letters to their original subject (after fixing the
+    /// cause), then remove them from the DLQ.
+    Replay {
+        /// The dead letter's sequence (from `vigil dlq list`).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        sequence: Option<u64>,
+        /// Every dead letter.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Remove dead letters without replaying them.
+    Discard {
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        sequence: Option<u64>,
+        #[arg(long)]
+        all: bool,
     },
 }
 
@@ -359,26 +414,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Admin {
-            command:
-                AdminCommand::Provision {
-                    nats_url,
-                    nats_cert,
-                    nats_key,
-                },
+            command: AdminCommand::Provision { nats },
         } => {
-            let settings = vigil_common::config::NatsSettings {
-                url: nats_url,
-                ca: cli.ca.clone(),
-                cert: nats_cert,
-                key: nats_key,
-                inbox_prefix: vigil_common::subjects::inbox_prefix("admin"),
-            };
-            let client = vigil_common::nats::connect(&settings, "vigil-admin")
-                .await
-                .map_err(|e| Failure {
-                    code: 3,
-                    message: e.to_string(),
-                })?;
+            let client = nats.connect(&cli.ca).await?;
             vigil_common::provision::provision(
                 &client,
                 &vigil_common::provision::StreamLimits::default(),
@@ -390,10 +428,42 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             })?;
             let _ = client.flush().await;
             eprintln!(
-                "provisioned stream {} and consumer {}",
+                "provisioned streams {} and {}, consumer {}",
                 vigil_common::subjects::EVENTS_STREAM,
+                vigil_common::subjects::DLQ_STREAM,
                 vigil_common::subjects::WRITER_CONSUMER
             );
+            Ok(())
+        }
+        Command::Dlq { nats, command } => {
+            let client = nats.connect(&cli.ca).await?;
+            let js = async_nats::jetstream::new(client);
+            let failed = |e: vigil_common::dlq::DlqError| Failure {
+                code: 1,
+                message: format!("dlq: {e}"),
+            };
+            let letters = vigil_common::dlq::list(&js).await.map_err(failed)?;
+            let chosen = |sequence: Option<u64>| -> Vec<u64> {
+                match sequence {
+                    Some(s) => vec![s],
+                    None => letters.iter().map(|l| l.sequence).collect(),
+                }
+            };
+            match command {
+                DlqCommand::List => output::dead_letters(cli.output, &letters),
+                DlqCommand::Replay { sequence, .. } => {
+                    for s in chosen(sequence) {
+                        vigil_common::dlq::replay(&js, s).await.map_err(failed)?;
+                        eprintln!("replayed dead letter {s}");
+                    }
+                }
+                DlqCommand::Discard { sequence, .. } => {
+                    for s in chosen(sequence) {
+                        vigil_common::dlq::discard(&js, s).await.map_err(failed)?;
+                        eprintln!("discarded dead letter {s}");
+                    }
+                }
+            }
             Ok(())
         }
     }

@@ -113,3 +113,55 @@ pub fn sent(output: Output, event_id: &str) {
         Output::Table => println!("sent {event_id} (durable)"),
     }
 }
+
+pub fn dead_letters(output: Output, letters: &[vigil_common::dlq::DeadLetter]) {
+    match output {
+        Output::Json => {
+            let body: Vec<Value> = letters
+                .iter()
+                .map(|l| {
+                    json!({
+                        "sequence": l.sequence,
+                        "time": l.time,
+                        "subject": l.original_subject,
+                        "consumer": l.consumer,
+                        "deliveries": l.deliveries,
+                        "reason": l.reason,
+                        "bytes": l.payload_bytes,
+                    })
+                })
+                .collect();
+            println!("{:#}", Value::Array(body));
+        }
+        Output::Table => {
+            let mut table = Table::new();
+            table
+                .load_preset(UTF8_FULL_CONDENSED)
+                .set_content_arrangement(ContentArrangement::Dynamic)
+                .set_header([
+                    "seq",
+                    "time",
+                    "subject",
+                    "consumer",
+                    "deliveries",
+                    "bytes",
+                    "reason",
+                ]);
+            for l in letters {
+                table.add_row([
+                    l.sequence.to_string(),
+                    l.time.clone(),
+                    l.original_subject.clone(),
+                    l.consumer.clone(),
+                    l.deliveries.clone(),
+                    l.payload_bytes.to_string(),
+                    l.reason.clone(),
+                ]);
+            }
+            println!("{table}");
+            if letters.is_empty() {
+                eprintln!("no dead letters");
+            }
+        }
+    }
+}

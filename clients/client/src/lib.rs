@@ -1,7 +1,9 @@
 //! Client side of vigil: mTLS channels to the gateway and the reader, OCSF
 //! event builders, and the names analysts read (classes, severities).
-//! The CLI, the device simulator and the tests all connect through here.
+//! The CLI, the device simulator and the tests all connect through here;
+//! [`device`] is the library a device embeds to publish reliably.
 
+pub mod device;
 pub mod events;
 pub mod names;
 

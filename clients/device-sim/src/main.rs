@@ -3,8 +3,9 @@
 //! succeed and fail, processes, network, DNS, file access) to the gateway
 //! over its own mTLS connection, at a chosen total rate.
 //!
-//! A batch the gateway did not acknowledge is resent unchanged (same event
-//! ids) with backoff, so a flaky gateway never duplicates events.
+//! Each device publishes through `vigil_client::device`: a batch the
+//! gateway did not acknowledge is resent unchanged (same event ids) with
+//! backoff, so a flaky gateway never duplicates events.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,8 +15,7 @@ use std::time::Duration;
 use clap::Parser;
 use rand::{Rng, SeedableRng};
 use vigil_client::TlsFiles;
-use vigil_proto::ingest::v1::PublishRequest;
-use vigil_proto::ingest::v1::ingest_service_client::IngestServiceClient;
+use vigil_client::device::{DeviceClient, PublishError, RetryPolicy};
 
 #[derive(Parser)]
 #[command(
@@ -47,7 +47,7 @@ struct Args {
 struct Stats {
     accepted: AtomicU64,
     rejected: AtomicU64,
-    retries: AtomicU64,
+    unknown: AtomicU64,
 }
 
 #[tokio::main]
@@ -104,7 +104,7 @@ async fn main() -> anyhow::Result<()> {
                 tracing::info!(
                     accepted = stats.accepted.load(Ordering::Relaxed),
                     rejected = stats.rejected.load(Ordering::Relaxed),
-                    retries = stats.retries.load(Ordering::Relaxed),
+                    unknown = stats.unknown.load(Ordering::Relaxed),
                     "fleet"
                 );
             }
@@ -123,10 +123,10 @@ async fn main() -> anyhow::Result<()> {
     }
     report.abort();
     println!(
-        "device-sim: accepted {} rejected {} retries {}",
+        "device-sim: accepted {} rejected {} unknown {}",
         stats.accepted.load(Ordering::Relaxed),
         stats.rejected.load(Ordering::Relaxed),
-        stats.retries.load(Ordering::Relaxed)
+        stats.unknown.load(Ordering::Relaxed)
     );
     Ok(())
 }
@@ -140,8 +140,7 @@ async fn run_device(
     stats: &Stats,
 ) -> anyhow::Result<()> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ rand::random::<u64>());
-    let channel = vigil_client::connect(gateway, files).await?;
-    let mut client = IngestServiceClient::new(channel);
+    let mut client = DeviceClient::connect(gateway, files, RetryPolicy::default()).await?;
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -156,39 +155,20 @@ async fn run_device(
                 vigil_client::events::sample(kind, &mut rng, time)
             })
             .collect::<Vec<_>>();
-        let mut backoff = Duration::from_millis(200);
-        loop {
-            match client
-                .publish(PublishRequest {
-                    events: events.clone(),
-                })
-                .await
-            {
-                Ok(response) => {
-                    let r = response.into_inner();
-                    stats
-                        .accepted
-                        .fetch_add(u64::from(r.accepted), Ordering::Relaxed);
-                    stats
-                        .rejected
-                        .fetch_add(r.rejected.len() as u64, Ordering::Relaxed);
-                    break;
-                }
-                Err(status)
-                    if matches!(
-                        status.code(),
-                        tonic::Code::Unavailable
-                            | tonic::Code::ResourceExhausted
-                            | tonic::Code::DeadlineExceeded
-                    ) =>
-                {
-                    stats.retries.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(code = ?status.code(), message = status.message(), "retrying the same batch");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
-                }
-                Err(status) => anyhow::bail!("gateway refused: {status}"),
+        match client.publish(events).await {
+            Ok(r) => {
+                stats
+                    .accepted
+                    .fetch_add(u64::from(r.accepted), Ordering::Relaxed);
+                stats
+                    .rejected
+                    .fetch_add(r.rejected.len() as u64, Ordering::Relaxed);
             }
+            Err(PublishError::Unknown { attempts, last }) => {
+                stats.unknown.fetch_add(batch as u64, Ordering::Relaxed);
+                tracing::warn!(attempts, %last, "gave up on a batch; outcome unknown");
+            }
+            Err(PublishError::Refused(status)) => anyhow::bail!("gateway refused: {status}"),
         }
     }
 }

@@ -12,6 +12,7 @@
 //! - [`telemetry`] and [`shutdown`]: JSON logs, signals.
 
 pub mod config;
+pub mod dlq;
 pub mod error;
 pub mod health;
 pub mod identity;

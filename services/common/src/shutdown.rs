@@ -35,3 +35,28 @@ async fn wait_for_signal() {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
+
+/// How long a service may drain after a shutdown signal before it stops
+/// waiting for in-flight work (Kubernetes' default termination grace is
+/// 30 s; this leaves room).
+pub const GRACE_PERIOD: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Runs `serve` (which stops accepting and drains when `shutdown` fires)
+/// but gives up waiting [`GRACE_PERIOD`] after the signal. Returns `None`
+/// when the grace period ran out.
+pub async fn drain_within<F: std::future::Future>(
+    shutdown: &CancellationToken,
+    serve: F,
+) -> Option<F::Output> {
+    let deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(GRACE_PERIOD).await;
+    };
+    tokio::select! {
+        output = serve => Some(output),
+        () = deadline => {
+            tracing::warn!(grace = ?GRACE_PERIOD, "drain did not finish within the grace period; stopping");
+            None
+        }
+    }
+}

@@ -7,11 +7,31 @@ pub const EVENTS_STREAM: &str = "EVENTS";
 pub const EVENTS_WILDCARD: &str = "events.>";
 /// The writer's durable pull consumer on [`EVENTS_STREAM`].
 pub const WRITER_CONSUMER: &str = "writer";
+/// The dead-letter stream (`dlq.>`): messages a consumer gave up on.
+pub const DLQ_STREAM: &str = "DLQ";
+/// Subjects of [`DLQ_STREAM`].
+pub const DLQ_WILDCARD: &str = "dlq.>";
 /// Request/reply subject the reader answers `ListEvents` on.
 pub const QUERY_EVENTS: &str = "query.events";
 /// Queue group of the readers on [`QUERY_EVENTS`], so each request is
 /// answered once however many readers run.
 pub const QUERY_QUEUE_GROUP: &str = "reader";
+
+/// Headers a dead-lettered message carries besides its original ones.
+pub mod dlq_headers {
+    /// Subject the message was originally published to (replay target).
+    pub const SUBJECT: &str = "Vigil-Dlq-Subject";
+    /// Why the consumer gave up.
+    pub const REASON: &str = "Vigil-Dlq-Reason";
+    /// Sequence of the message in its original stream.
+    pub const STREAM_SEQUENCE: &str = "Vigil-Dlq-Stream-Sequence";
+    pub const STREAM: &str = "Vigil-Dlq-Stream";
+    pub const CONSUMER: &str = "Vigil-Dlq-Consumer";
+    /// How many times it was delivered before it was dead-lettered.
+    pub const DELIVERIES: &str = "Vigil-Dlq-Deliveries";
+    /// Its original `Nats-Msg-Id`, if it had one.
+    pub const ORIGINAL_MSG_ID: &str = "Vigil-Dlq-Original-Msg-Id";
+}
 
 /// `Content-Type` header of every protobuf payload vigil publishes.
 pub const PROTOBUF_CONTENT_TYPE: &str = "application/x-protobuf";
@@ -27,6 +47,11 @@ pub const SERVICE_ERROR_CODE_HEADER: &str = "Nats-Service-Error-Code";
 pub fn events_subject(tenant: &str, class_uid: i32) -> String {
     debug_assert!(crate::identity::is_valid_name(tenant));
     format!("events.{tenant}.{class_uid}")
+}
+
+/// `dlq.<stream>.<consumer>`: where `consumer` of `stream` dead-letters.
+pub fn dlq_subject(stream: &str, consumer: &str) -> String {
+    format!("dlq.{stream}.{consumer}")
 }
 
 /// The inbox prefix of a service's NATS user (`_INBOX_<service>`): replies

@@ -232,14 +232,16 @@ impl Gateway {
             // Room for a full batch of maximal events, and no more.
             .max_decoding_message_size(16 * 1024 * 1024);
         let incoming = vigil_common::tls::incoming(self.listener, self.tls, shutdown.clone());
-        tonic::transport::Server::builder()
+        let server = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .max_concurrent_streams(Some(256))
             .add_service(ingest)
             .add_optional_service(reflection)
-            .serve_with_incoming_shutdown(incoming, shutdown.cancelled())
-            .await?;
+            .serve_with_incoming_shutdown(incoming, shutdown.cancelled());
+        if let Some(result) = vigil_common::shutdown::drain_within(&shutdown, server).await {
+            result?;
+        }
         if let Err(error) = self.nats.flush().await {
             tracing::warn!(%error, "nats flush on shutdown failed");
         }

@@ -213,7 +213,7 @@ impl Reader {
             .map_err(|e| tracing::warn!(error = %e, "reflection disabled"))
             .ok();
         let incoming = vigil_common::tls::incoming(self.listener, self.tls, shutdown.clone());
-        tonic::transport::Server::builder()
+        let server = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .max_concurrent_streams(Some(128))
@@ -221,8 +221,10 @@ impl Reader {
                 self.pool.clone(),
             )))
             .add_optional_service(reflection)
-            .serve_with_incoming_shutdown(incoming, shutdown.cancelled())
-            .await?;
+            .serve_with_incoming_shutdown(incoming, shutdown.cancelled());
+        if let Some(result) = vigil_common::shutdown::drain_within(&shutdown, server).await {
+            result?;
+        }
         match nats_task.await {
             Ok(Err(error)) => tracing::warn!(%error, "query.events responder failed"),
             Err(error) => tracing::warn!(%error, "query.events responder panicked"),

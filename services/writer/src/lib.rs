@@ -6,24 +6,26 @@
 //! an idempotent insert (`ON CONFLICT (tenant, event_id) DO NOTHING`).
 //!
 //! - [`store`]: the schema ([`MIGRATOR`]) and the batch insert.
+//! - [`deliver`]: what happens to a batch of messages: commit then ack;
+//!   hold and retry while Postgres is unavailable; retry poison messages
+//!   with backoff, then dead-letter them.
 //! - this file: configuration, [`build`], the consume loop.
 
+pub mod deliver;
 pub mod store;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use async_nats::jetstream;
 use async_nats::jetstream::consumer::PullConsumer;
-use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
-use prost::Message as _;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use vigil_common::config::{ConfigErrors, InvalidConfig, NatsSettings};
 use vigil_common::subjects::{EVENTS_STREAM, WRITER_CONSUMER};
-use vigil_proto::event::v1::EventBatch;
 
 pub use store::MIGRATOR;
 
@@ -71,6 +73,13 @@ pub struct Config {
     /// ...or once the oldest pending message has waited this long.
     #[arg(long, env = "VIGIL_WRITER_BATCH_MAX_WAIT_MS", default_value_t = 100)]
     pub batch_max_wait_ms: u64,
+    /// A message that cannot be stored is dead-lettered on this delivery.
+    #[arg(long, env = "VIGIL_WRITER_MAX_DELIVERIES", default_value_t = 5)]
+    pub max_deliveries: i64,
+    /// First retry delay of a message that could not be stored; doubles
+    /// with each delivery (capped at a minute).
+    #[arg(long, env = "VIGIL_WRITER_RETRY_BASE_MS", default_value_t = 1000)]
+    pub retry_base_ms: u64,
 }
 
 impl Config {
@@ -97,6 +106,12 @@ impl Config {
         }
         if self.batch_max_wait_ms == 0 || self.batch_max_wait_ms > 60_000 {
             errors.add("VIGIL_WRITER_BATCH_MAX_WAIT_MS", "must be 1 to 60000");
+        }
+        if !(1..=100).contains(&self.max_deliveries) {
+            errors.add("VIGIL_WRITER_MAX_DELIVERIES", "must be 1 to 100");
+        }
+        if self.retry_base_ms == 0 || self.retry_base_ms > 60_000 {
+            errors.add("VIGIL_WRITER_RETRY_BASE_MS", "must be 1 to 60000");
         }
         errors.into_result()
     }
@@ -127,6 +142,7 @@ pub struct Writer {
     pool: PgPool,
     nats: async_nats::Client,
     consumer: PullConsumer,
+    delivery: deliver::Delivery,
     health_listener: TcpListener,
     batch_max_messages: usize,
     batch_max_wait: Duration,
@@ -155,10 +171,17 @@ pub async fn build(config: &Config) -> Result<Writer, WriterError> {
     let health_listener = TcpListener::bind(addr)
         .await
         .map_err(|source| WriterError::Bind { addr, source })?;
+    let delivery = deliver::Delivery {
+        pool: pool.clone(),
+        js: js.clone(),
+        max_deliveries: config.max_deliveries,
+        retry_base: Duration::from_millis(config.retry_base_ms),
+    };
     Ok(Writer {
         pool,
         nats,
         consumer,
+        delivery,
         health_listener,
         batch_max_messages: config.batch_max_messages,
         batch_max_wait: Duration::from_millis(config.batch_max_wait_ms),
@@ -178,6 +201,7 @@ impl Writer {
             pool,
             nats,
             consumer,
+            delivery,
             health_listener,
             batch_max_messages,
             batch_max_wait,
@@ -239,13 +263,7 @@ impl Writer {
                         Ok(None) | Err(_) => break,
                     }
                 }
-                let ok = write_batch(&pool, pending).await;
-                let status = if ok {
-                    tonic_health::ServingStatus::Serving
-                } else {
-                    tonic_health::ServingStatus::NotServing
-                };
-                health.set_service_status(HEALTH_SERVICE, status).await;
+                delivery.handle(pending, &health, &shutdown).await;
             }
         }
         health
@@ -258,58 +276,5 @@ impl Writer {
         let _ = health_task.await;
         tracing::info!("writer stopped");
         Ok(())
-    }
-}
-
-/// Decodes, inserts in one transaction, then acks. Returns whether Postgres
-/// took the batch.
-async fn write_batch(pool: &PgPool, messages: Vec<jetstream::Message>) -> bool {
-    let mut rows = Vec::new();
-    let mut good = Vec::with_capacity(messages.len());
-    for message in messages {
-        match EventBatch::decode(message.payload.as_ref()) {
-            Ok(batch) => {
-                rows.extend(batch.events.into_iter().filter_map(|e| store::Row::try_from(e).map_err(|error| {
-                        tracing::error!(subject = %message.subject, %error, "event in batch cannot be stored, skipped");
-                    }).ok()));
-                good.push(message);
-            }
-            Err(error) => {
-                // Only the gateway may publish here, so this is a bug or
-                // tampering; it will never decode, so redelivery is
-                // pointless. (A dead-letter stream is the next step.)
-                tracing::error!(subject = %message.subject, %error, "undecodable message terminated");
-                if let Err(error) = message.ack_with(AckKind::Term).await {
-                    tracing::warn!(%error, "term failed");
-                }
-            }
-        }
-    }
-    match store::insert_events(pool, &rows).await {
-        Ok(inserted) => {
-            tracing::debug!(
-                messages = good.len(),
-                events = rows.len(),
-                inserted,
-                "batch committed"
-            );
-            for message in good {
-                // Committed: if this ack is lost the message comes back
-                // and the insert skips it.
-                if let Err(error) = message.ack().await {
-                    tracing::warn!(%error, "ack failed; message will be redelivered and deduplicated");
-                }
-            }
-            true
-        }
-        Err(error) => {
-            tracing::warn!(%error, events = rows.len(), "insert failed; messages will be redelivered");
-            for message in good {
-                let _ = message
-                    .ack_with(AckKind::Nak(Some(Duration::from_secs(2))))
-                    .await;
-            }
-            false
-        }
     }
 }
