@@ -101,6 +101,7 @@ fn free_port() -> anyhow::Result<u16> {
 pub struct NatsServer {
     child: Option<Child>,
     binary: PathBuf,
+    config: PathBuf,
     pki: Pki,
     pub port: u16,
     store: tempfile::TempDir,
@@ -108,11 +109,17 @@ pub struct NatsServer {
 
 impl NatsServer {
     pub async fn start(pki: &Pki) -> anyhow::Result<Self> {
+        Self::start_with_config(pki, workspace_root().join("nats-config/nats-server.conf")).await
+    }
+
+    /// Starts from another config file (benchmarks compare settings).
+    pub async fn start_with_config(pki: &Pki, config: PathBuf) -> anyhow::Result<Self> {
         let binary = nats_server_binary()?;
         let store = tempfile::tempdir()?;
         let mut server = NatsServer {
             child: None,
             binary,
+            config,
             pki: pki.clone(),
             port: 0,
             store,
@@ -138,7 +145,7 @@ impl NatsServer {
         let log = std::fs::File::create(self.store.path().join("nats.log"))?;
         let mut child = Command::new(&self.binary)
             .arg("-c")
-            .arg(workspace_root().join("nats-config/nats-server.conf"))
+            .arg(&self.config)
             .env("VIGIL_NATS_PORT", self.port.to_string())
             .env("VIGIL_NATS_STORE_DIR", self.store.path().join("js"))
             .env("VIGIL_NATS_CERT", self.pki.server("nats").cert)

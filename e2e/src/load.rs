@@ -64,6 +64,8 @@ pub struct Ledger {
     pub events: Mutex<HashMap<String, Ack>>,
     /// Events acknowledged so far (to time faults against progress).
     pub acknowledged: AtomicU64,
+    /// When each acknowledgement arrived.
+    pub ack_times: Mutex<Vec<Instant>>,
 }
 
 /// Runs the load to completion against `gateway_url`, recording into
@@ -112,6 +114,7 @@ pub async fn run(
                             r.rejected
                         );
                         ledger.acknowledged.fetch_add(n as u64, Ordering::Relaxed);
+                        ledger.ack_times.lock().await.push(Instant::now());
                         Ack::Acknowledged
                     }
                     Err(PublishError::Unknown { .. }) => Ack::Unknown,
@@ -145,6 +148,9 @@ pub struct Outcome {
     pub unknown: usize,
     pub unknown_present: usize,
     pub recovery: Duration,
+    /// The longest time no device got an OK: how long the fault stalled
+    /// the edge.
+    pub longest_stall: Duration,
 }
 
 impl Outcome {
@@ -152,7 +158,7 @@ impl Outcome {
 
     pub fn row(&self, name: &str) -> String {
         format!(
-            "| {name} | {} | {} | {} | {} | {} | {} ({}) | {:.1} s |",
+            "| {name} | {} | {} | {} | {} | {} | {} ({}) | {:.1} s | {:.1} s |",
             self.sent,
             self.acknowledged,
             self.present,
@@ -160,6 +166,7 @@ impl Outcome {
             self.duplicated,
             self.unknown,
             self.unknown_present,
+            self.longest_stall.as_secs_f64(),
             self.recovery.as_secs_f64()
         )
     }
@@ -252,6 +259,9 @@ impl Ledger {
             sqlx::query_as("SELECT count(*), count(DISTINCT event_id) FROM events")
                 .fetch_one(pool)
                 .await?;
+        let mut times = self.ack_times.lock().await.clone();
+        times.sort();
+        let longest_stall = times.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default();
         let unknown: Vec<&String> = events
             .iter()
             .filter(|(_, a)| **a == Ack::Unknown)
@@ -269,6 +279,7 @@ impl Ledger {
             unknown: unknown.len(),
             unknown_present: unknown.iter().filter(|id| stored.contains(**id)).count(),
             recovery,
+            longest_stall,
         })
     }
 }
