@@ -261,7 +261,11 @@ impl Ledger {
                 .await?;
         let mut times = self.ack_times.lock().await.clone();
         times.sort();
-        let longest_stall = times.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default();
+        let longest_stall = times
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .max()
+            .unwrap_or_default();
         let unknown: Vec<&String> = events
             .iter()
             .filter(|(_, a)| **a == Ack::Unknown)
