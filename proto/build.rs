@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 const PROTOS: &[&str] = &[
     "vigil/event/v1/event.proto",
+    "vigil/finding/v1/finding.proto",
     "vigil/ingest/v1/ingest.proto",
     "vigil/query/v1/query.proto",
 ];

@@ -27,7 +27,7 @@ use rcgen::{
 pub const TRUST_DOMAIN: &str = "vigil.local";
 
 /// The services that hold a NATS user of their own.
-pub const NATS_USERS: &[&str] = &["gateway", "writer", "reader", "admin", "subscriber"];
+pub const NATS_USERS: &[&str] = &["gateway", "writer", "reader", "admin", "subscriber", "correlator"];
 
 /// Which identities to issue besides the fixed service certificates.
 #[derive(Debug, Clone)]

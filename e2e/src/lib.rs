@@ -281,7 +281,7 @@ impl Default for MeshOptions {
             writer_max_deliveries: 3,
             writer_retry_base_ms: 50,
             limits: vigil_common::provision::StreamLimits {
-                writer_ack_wait: Duration::from_secs(5),
+                ack_wait: Duration::from_secs(5),
                 ..Default::default()
             },
         }

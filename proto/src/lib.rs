@@ -12,6 +12,12 @@ pub mod event {
     }
 }
 
+pub mod finding {
+    pub mod v1 {
+        tonic::include_proto!("vigil.finding.v1");
+    }
+}
+
 pub mod ingest {
     pub mod v1 {
         tonic::include_proto!("vigil.ingest.v1");

@@ -15,7 +15,7 @@ use vigil_client::{ClientError, TlsFiles};
 use vigil_proto::ingest::v1::PublishRequest;
 use vigil_proto::ingest::v1::ingest_service_client::IngestServiceClient;
 use vigil_proto::query::v1::query_service_client::QueryServiceClient;
-use vigil_proto::query::v1::{GetEventRequest, ListEventsRequest};
+use vigil_proto::query::v1::{GetEventRequest, GetFindingRequest, ListEventsRequest, ListFindingsRequest};
 
 #[derive(Parser)]
 #[command(
@@ -108,6 +108,24 @@ enum Command {
     },
     /// Show one event by id.
     Event { event_id: String },
+    /// List findings (detections), newest first.
+    Findings {
+        /// Only findings at or above this severity.
+        #[arg(long, value_parser = parse_severity)]
+        min_severity: Option<i32>,
+        /// Only this rule (e.g. brute-force).
+        #[arg(long)]
+        rule: Option<String>,
+        /// Only findings whose window ended within this (e.g. 1h, 7d).
+        #[arg(long, value_parser = parse_duration)]
+        since: Option<Duration>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[arg(long)]
+        page_token: Option<String>,
+    },
+    /// Show one finding with its contributing events.
+    Finding { finding_id: String },
     /// Send one test event as a device.
     Send {
         /// Device certificate (its URI SAN names tenant and device).
@@ -354,6 +372,39 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .map_err(|s| status_failure("events", &cli.reader, &cli.cert, s))?
                 .into_inner();
             output::events(cli.output, &response.events, &response.next_page_token);
+            Ok(())
+        }
+        Command::Findings { min_severity, rule, since, limit, page_token } => {
+            let channel = vigil_client::connect(&cli.reader, &analyst).await?;
+            let start_time = since.map_or(0, |d| {
+                chrono::Utc::now().timestamp_millis() - i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2)
+            });
+            let response = QueryServiceClient::new(channel)
+                .list_findings(ListFindingsRequest {
+                    min_severity: min_severity.unwrap_or(0),
+                    rule_id: rule.unwrap_or_default(),
+                    start_time,
+                    end_time: 0,
+                    limit,
+                    page_token: page_token.unwrap_or_default(),
+                })
+                .await
+                .map_err(|s| status_failure("findings", &cli.reader, &cli.cert, s))?
+                .into_inner();
+            output::findings(cli.output, &response.findings, &response.next_page_token);
+            Ok(())
+        }
+        Command::Finding { finding_id } => {
+            let channel = vigil_client::connect(&cli.reader, &analyst).await?;
+            let response = QueryServiceClient::new(channel)
+                .get_finding(GetFindingRequest { finding_id })
+                .await
+                .map_err(|s| status_failure("finding", &cli.reader, &cli.cert, s))?
+                .into_inner();
+            if let Some(finding) = response.finding {
+                output::findings(cli.output, std::slice::from_ref(&finding), "");
+                output::events(cli.output, &response.events, "");
+            }
             Ok(())
         }
         Command::Event { event_id } => {

@@ -165,3 +165,61 @@ pub fn dead_letters(output: Output, letters: &[vigil_common::dlq::DeadLetter]) {
         }
     }
 }
+
+pub fn finding_json(f: &vigil_proto::finding::v1::Finding) -> Value {
+    json!({
+        "finding_id": f.finding_id,
+        "activity": if f.activity_id == 2 { "Update" } else { "Create" },
+        "version": f.version,
+        "rule_id": f.rule_id,
+        "title": f.title,
+        "severity": severity_name(f.severity_id),
+        "severity_id": f.severity_id,
+        "technique": f.technique,
+        "tenant": f.tenant,
+        "group_key": f.group_key.iter().map(|k| (k.field.clone(), Value::String(k.value.clone()))).collect::<serde_json::Map<_, _>>(),
+        "window_start": time(f.window_start),
+        "window_end": time(f.window_end),
+        "count": f.count,
+        "event_ids": f.event_ids,
+    })
+}
+
+pub fn findings(output: Output, findings: &[vigil_proto::finding::v1::Finding], next_page_token: &str) {
+    match output {
+        Output::Json => {
+            let body = json!({
+                "findings": findings.iter().map(finding_json).collect::<Vec<_>>(),
+                "next_page_token": next_page_token,
+            });
+            println!("{body:#}");
+        }
+        Output::Table => {
+            let mut table = Table::new();
+            table
+                .load_preset(UTF8_FULL_CONDENSED)
+                .set_content_arrangement(ContentArrangement::Dynamic)
+                .set_header(["window end", "tenant", "rule", "severity", "count", "key", "technique", "finding"]);
+            for f in findings {
+                let key = f.group_key.iter().map(|k| format!("{}={}", k.field, k.value)).collect::<Vec<_>>().join(" ");
+                table.add_row([
+                    time(f.window_end),
+                    f.tenant.clone(),
+                    f.rule_id.clone(),
+                    severity_name(f.severity_id),
+                    f.count.to_string(),
+                    key,
+                    f.technique.clone(),
+                    f.finding_id.clone(),
+                ]);
+            }
+            println!("{table}");
+            if findings.is_empty() {
+                eprintln!("no matching findings");
+            }
+            if !next_page_token.is_empty() {
+                eprintln!("more: --page-token {next_page_token}");
+            }
+        }
+    }
+}

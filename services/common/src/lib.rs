@@ -16,6 +16,7 @@ pub mod dlq;
 pub mod error;
 pub mod health;
 pub mod identity;
+pub mod metrics;
 pub mod nats;
 pub mod provision;
 pub mod shutdown;

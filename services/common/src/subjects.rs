@@ -7,6 +7,18 @@ pub const EVENTS_STREAM: &str = "EVENTS";
 pub const EVENTS_WILDCARD: &str = "events.>";
 /// The writer's durable pull consumer on [`EVENTS_STREAM`].
 pub const WRITER_CONSUMER: &str = "writer";
+/// The stream of findings (`findings.>`).
+pub const FINDINGS_STREAM: &str = "FINDINGS";
+/// Subjects of [`FINDINGS_STREAM`].
+pub const FINDINGS_WILDCARD: &str = "findings.>";
+/// The writer's durable consumer on [`FINDINGS_STREAM`] (same name as on
+/// EVENTS: it is the writer's, on another stream).
+pub const WRITER_FINDINGS_CONSUMER: &str = "writer";
+/// The JetStream key-value bucket where correlators checkpoint their state.
+pub const CORRELATOR_BUCKET: &str = "CORRELATOR";
+/// Partitions `nats-config/users.conf` grants the correlator user.
+pub const MAX_CORRELATOR_PARTITIONS: u32 = 4;
+
 /// The dead-letter stream (`dlq.>`): messages a consumer gave up on.
 pub const DLQ_STREAM: &str = "DLQ";
 /// Subjects of [`DLQ_STREAM`].
@@ -52,6 +64,21 @@ pub fn events_subject(tenant: &str, class_uid: i32) -> String {
 /// `dlq.<stream>.<consumer>`: where `consumer` of `stream` dead-letters.
 pub fn dlq_subject(stream: &str, consumer: &str) -> String {
     format!("dlq.{stream}.{consumer}")
+}
+
+/// `findings.<tenant>.<rule_id>`: where the correlator publishes.
+pub fn findings_subject(tenant: &str, rule_id: &str) -> String {
+    format!("findings.{tenant}.{rule_id}")
+}
+
+/// The durable consumer of correlator partition `partition` on EVENTS.
+pub fn correlator_consumer(partition: u32) -> String {
+    format!("correlator-{partition}")
+}
+
+/// The checkpoint key of correlator partition `partition`.
+pub fn correlator_checkpoint_key(partition: u32) -> String {
+    format!("partition-{partition}")
 }
 
 /// The inbox prefix of a service's NATS user (`_INBOX_<service>`): replies

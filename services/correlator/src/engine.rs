@@ -283,8 +283,25 @@ impl Engine {
         }
         let horizon = watermark - self.settings.late_retention_ms;
         let kept = self.state.closed.split_off(&(horizon + 1, String::new()));
-        for (_, id) in std::mem::replace(&mut self.state.closed, kept) {
-            self.state.windows.remove(&id);
+        let forgotten = std::mem::replace(&mut self.state.closed, kept);
+        for (_, id) in &forgotten {
+            self.state.windows.remove(id);
+        }
+        if !forgotten.is_empty() {
+            // Findings nothing can update any more (no window left, past any
+            // suppression period) leave the state; they are on the bus.
+            let suppress = self.rules.iter().map(|r| r.suppress_ms).max().unwrap_or(0);
+            let live: std::collections::HashSet<&String> = self.state.windows.values().filter_map(|w| w.finding.as_ref()).collect();
+            let keep: std::collections::BTreeMap<String, Finding> = self
+                .state
+                .findings
+                .iter()
+                .filter(|(id, f)| live.contains(id) || f.window_end + suppress > horizon)
+                .map(|(id, f)| (id.clone(), f.clone()))
+                .collect();
+            self.state.findings = keep;
+            let findings = &self.state.findings;
+            self.state.latest.retain(|_, id| findings.contains_key(id));
         }
         out
     }

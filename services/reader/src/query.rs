@@ -10,7 +10,11 @@ use sha2::{Digest, Sha256};
 use sqlx::{PgPool, Row};
 use vigil_common::error::{ApiError, FieldViolation};
 use vigil_proto::event::v1::SecurityEvent;
-use vigil_proto::query::v1::{GetEventRequest, ListEventsRequest, ListEventsResponse};
+use vigil_proto::finding::v1::Finding;
+use vigil_proto::query::v1::{
+    GetEventRequest, GetFindingRequest, GetFindingResponse, ListEventsRequest, ListEventsResponse,
+    ListFindingsRequest, ListFindingsResponse,
+};
 
 pub const DEFAULT_LIMIT: u32 = 100;
 pub const MAX_LIMIT: u32 = 1000;
@@ -36,6 +40,72 @@ pub struct EventQuery {
     limit: u32,
     after: Option<(DateTime<Utc>, uuid::Uuid)>,
     filter_hash: String,
+}
+
+/// A validated `ListFindings`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FindingQuery {
+    min_severity: i32,
+    rule_id: Option<String>,
+    start: Option<DateTime<Utc>>,
+    end: Option<DateTime<Utc>>,
+    limit: u32,
+    after: Option<(DateTime<Utc>, String)>,
+    filter_hash: String,
+}
+
+impl FindingQuery {
+    pub fn parse(request: &ListFindingsRequest) -> Result<Self, ApiError> {
+        let mut violations = Vec::new();
+        if !(0..=6).contains(&request.min_severity) {
+            violations.push(FieldViolation::new("min_severity", format!("{} is not a severity from 0 to 6", request.min_severity)));
+        }
+        if request.rule_id.len() > 64 {
+            violations.push(FieldViolation::new("rule_id", "at most 64 bytes"));
+        }
+        let time = |ms: i64, field: &str, violations: &mut Vec<FieldViolation>| match ms {
+            0 => None,
+            ms => DateTime::from_timestamp_millis(ms).or_else(|| {
+                violations.push(FieldViolation::new(field, "out of range"));
+                None
+            }),
+        };
+        let start = time(request.start_time, "start_time", &mut violations);
+        let end = time(request.end_time, "end_time", &mut violations);
+        let filter_hash = filter_hash(
+            request.min_severity,
+            &[],
+            &format!("findings|{}", request.rule_id),
+            request.start_time,
+            request.end_time,
+        );
+        let after = if request.page_token.is_empty() {
+            None
+        } else {
+            match decode_token(&request.page_token, &filter_hash) {
+                Ok(after) => Some(after),
+                Err(reason) => {
+                    violations.push(FieldViolation::new("page_token", reason));
+                    None
+                }
+            }
+        };
+        if !violations.is_empty() {
+            return Err(ApiError::InvalidArgument(violations));
+        }
+        Ok(Self {
+            min_severity: request.min_severity,
+            rule_id: (!request.rule_id.is_empty()).then(|| request.rule_id.clone()),
+            start,
+            end,
+            limit: match request.limit {
+                0 => DEFAULT_LIMIT,
+                n => n.min(MAX_LIMIT),
+            },
+            after,
+            filter_hash,
+        })
+    }
 }
 
 impl EventQuery {
@@ -130,19 +200,11 @@ fn filter_hash(
 
 /// `v1.<time ms>.<event id>.<filter hash>`, base64url. The hash ties a token
 /// to the filters it was issued for.
-fn encode_token(time: DateTime<Utc>, event_id: uuid::Uuid, filter_hash: &str) -> String {
-    URL_SAFE_NO_PAD.encode(format!(
-        "v1.{}.{}.{}",
-        time.timestamp_millis(),
-        event_id,
-        filter_hash
-    ))
+fn encode_token(time: DateTime<Utc>, id: &str, filter_hash: &str) -> String {
+    URL_SAFE_NO_PAD.encode(format!("v1.{}.{}.{}", time.timestamp_millis(), id, filter_hash))
 }
 
-fn decode_token(
-    token: &str,
-    filter_hash: &str,
-) -> Result<(DateTime<Utc>, uuid::Uuid), &'static str> {
+fn decode_token<I: std::str::FromStr>(token: &str, filter_hash: &str) -> Result<(DateTime<Utc>, I), &'static str> {
     const MALFORMED: &str = "malformed page token";
     if token.len() > 256 {
         return Err(MALFORMED);
@@ -158,7 +220,7 @@ fn decode_token(
         .ok()
         .and_then(DateTime::from_timestamp_millis)
         .ok_or(MALFORMED)?;
-    let id = uuid::Uuid::parse_str(id).map_err(|_| MALFORMED)?;
+    let id = id.parse::<I>().map_err(|_| MALFORMED)?;
     if *hash != filter_hash {
         return Err("page token was issued for different filters");
     }
@@ -249,13 +311,94 @@ pub async fn list_events(
         last = Some((time, id));
     }
     let next_page_token = match (more, last) {
-        (true, Some((time, id))) => encode_token(time, id, &query.filter_hash),
+        (true, Some((time, id))) => encode_token(time, &id.to_string(), &query.filter_hash),
         _ => String::new(),
     };
     Ok(ListEventsResponse {
         events,
         next_page_token,
     })
+}
+
+/// Findings newest first by (window end, id), one page.
+pub async fn list_findings(pool: &PgPool, scope: &TenantScope, query: &FindingQuery) -> Result<ListFindingsResponse, ApiError> {
+    let tenant = match scope {
+        TenantScope::All => "$1::text[] IS NULL",
+        TenantScope::Only(t) if t.len() == 1 => "tenant = ($1::text[])[1]",
+        TenantScope::Only(_) => "tenant = ANY($1::text[])",
+    };
+    let severity = match query.min_severity {
+        n @ 1..=6 => format!("AND severity_id BETWEEN {n} AND 6"),
+        _ => String::new(),
+    };
+    let sql = format!(
+        "SELECT payload, window_end, finding_id FROM findings
+         WHERE {tenant}
+           {severity}
+           AND ($2::text IS NULL OR rule_id = $2)
+           AND ($3::timestamptz IS NULL OR window_end >= $3)
+           AND ($4::timestamptz IS NULL OR window_end < $4)
+           AND ($5::timestamptz IS NULL OR (window_end, finding_id) < ($5, $6::text))
+         ORDER BY window_end DESC, finding_id DESC
+         LIMIT $7"
+    );
+    // Audited: only fixed text and an integer bounded to 1..=6 are interpolated.
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(tenants_param(scope))
+        .bind(&query.rule_id)
+        .bind(query.start)
+        .bind(query.end)
+        .bind(query.after.as_ref().map(|a| a.0))
+        .bind(query.after.as_ref().map(|a| a.1.clone()))
+        .bind(i64::from(query.limit) + 1)
+        .fetch_all(pool)
+        .await
+        .map_err(db_error)?;
+    let more = rows.len() > query.limit as usize;
+    let mut findings = Vec::new();
+    let mut last = None;
+    for row in rows.iter().take(query.limit as usize) {
+        let payload: Vec<u8> = row.try_get("payload").map_err(db_error)?;
+        let end: DateTime<Utc> = row.try_get("window_end").map_err(db_error)?;
+        let id: String = row.try_get("finding_id").map_err(db_error)?;
+        findings.push(Finding::decode(payload.as_slice()).map_err(|e| ApiError::Internal(format!("stored finding {id}: {e}")))?);
+        last = Some((end, id));
+    }
+    let next_page_token = match (more, last) {
+        (true, Some((end, id))) => encode_token(end, &id, &query.filter_hash),
+        _ => String::new(),
+    };
+    Ok(ListFindingsResponse { findings, next_page_token })
+}
+
+/// One finding with its stored contributing events, or NOT_FOUND.
+pub async fn get_finding(pool: &PgPool, scope: &TenantScope, request: &GetFindingRequest) -> Result<GetFindingResponse, ApiError> {
+    let id = request.finding_id.as_str();
+    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(ApiError::invalid("finding_id", "not a finding id"));
+    }
+    let row = sqlx::query("SELECT payload FROM findings WHERE finding_id = $1 AND ($2::text[] IS NULL OR tenant = ANY($2)) ORDER BY tenant LIMIT 1")
+        .bind(id)
+        .bind(tenants_param(scope))
+        .fetch_optional(pool)
+        .await
+        .map_err(db_error)?
+        .ok_or_else(|| ApiError::NotFound(format!("finding {id}")))?;
+    let payload: Vec<u8> = row.try_get("payload").map_err(db_error)?;
+    let finding = Finding::decode(payload.as_slice()).map_err(|e| ApiError::Internal(format!("stored finding {id}: {e}")))?;
+    let ids: Vec<uuid::Uuid> = finding.event_ids.iter().filter_map(|i| uuid::Uuid::parse_str(i).ok()).collect();
+    let rows = sqlx::query("SELECT payload FROM events WHERE tenant = $1 AND event_id = ANY($2) ORDER BY time, event_id")
+        .bind(&finding.tenant)
+        .bind(ids)
+        .fetch_all(pool)
+        .await
+        .map_err(db_error)?;
+    let mut events = Vec::with_capacity(rows.len());
+    for row in rows {
+        let payload: Vec<u8> = row.try_get("payload").map_err(db_error)?;
+        events.push(SecurityEvent::decode(payload.as_slice()).map_err(|e| ApiError::Internal(format!("stored event: {e}")))?);
+    }
+    Ok(GetFindingResponse { finding: Some(finding), events })
 }
 
 /// One event by id, or NOT_FOUND (also when it is outside the scope).
@@ -298,7 +441,7 @@ mod tests {
         let Ok(q) = q else { panic!("{q:?}") };
         let time = DateTime::from_timestamp_millis(1_790_000_000_123).unwrap_or_default();
         let id = uuid::Uuid::now_v7();
-        let token = encode_token(time, id, &q.filter_hash);
+        let token = encode_token(time, &id.to_string(), &q.filter_hash);
         let mut next = request();
         next.page_token = token.clone();
         assert_eq!(

@@ -7,10 +7,11 @@ use vigil_common::error::ApiError;
 use vigil_common::identity::{Identity, PeerInfo};
 use vigil_proto::query::v1::query_service_server::QueryService;
 use vigil_proto::query::v1::{
-    GetEventRequest, GetEventResponse, ListEventsRequest, ListEventsResponse,
+    GetEventRequest, GetEventResponse, GetFindingRequest, GetFindingResponse, ListEventsRequest,
+    ListEventsResponse, ListFindingsRequest, ListFindingsResponse,
 };
 
-use crate::query::{self, EventQuery, TenantScope};
+use crate::query::{self, EventQuery, FindingQuery, TenantScope};
 
 #[derive(Clone)]
 pub struct QueryApi {
@@ -60,5 +61,16 @@ impl QueryService for QueryApi {
         let scope = caller_scope(&request)?;
         let event = query::get_event(&self.pool, &scope, request.get_ref()).await?;
         Ok(Response::new(GetEventResponse { event: Some(event) }))
+    }
+
+    async fn list_findings(&self, request: Request<ListFindingsRequest>) -> Result<Response<ListFindingsResponse>, Status> {
+        let scope = caller_scope(&request)?;
+        let query = FindingQuery::parse(request.get_ref())?;
+        Ok(Response::new(query::list_findings(&self.pool, &scope, &query).await?))
+    }
+
+    async fn get_finding(&self, request: Request<GetFindingRequest>) -> Result<Response<GetFindingResponse>, Status> {
+        let scope = caller_scope(&request)?;
+        Ok(Response::new(query::get_finding(&self.pool, &scope, request.get_ref()).await?))
     }
 }

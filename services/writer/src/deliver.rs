@@ -11,7 +11,7 @@
 //!   constraint, SQLSTATE class 22 or 23): the rest of the batch is
 //!   committed without it; it is naked with an exponential delay and,
 //!   on its `max_deliveries`-th delivery, published to
-//!   `dlq.EVENTS.writer` with the reason and its original subject and
+//!   `dlq.<stream>.writer` with the reason and its original subject and
 //!   headers, then acked. Messages behind it never wait for it.
 
 use std::time::Duration;
@@ -19,16 +19,14 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, AckKind};
-use prost::Message as _;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
-use vigil_common::subjects::{self, EVENTS_STREAM, WRITER_CONSUMER, dlq_headers};
-use vigil_proto::event::v1::EventBatch;
+use vigil_common::subjects::{self, WRITER_CONSUMER, dlq_headers};
 
 use crate::HEALTH_SERVICE;
-use crate::store::{self, Row};
+use crate::store::{self, Record, Sink};
 
 /// How the writer treats a batch; see the module docs.
 #[derive(Clone)]
@@ -37,13 +35,15 @@ pub struct Delivery {
     pub js: jetstream::Context,
     pub max_deliveries: i64,
     pub retry_base: Duration,
+    /// What the messages carry (events or findings).
+    pub sink: Sink,
 }
 
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
 
 struct Decoded {
     message: jetstream::Message,
-    rows: Vec<Row>,
+    rows: Vec<Record>,
 }
 
 /// Whether a failed insert is about the data (poison) or about Postgres
@@ -58,6 +58,11 @@ pub fn is_data_error(error: &sqlx::Error) -> bool {
 }
 
 impl Delivery {
+    /// The same policy for another stream's messages.
+    pub fn for_sink(self, sink: Sink) -> Self {
+        Self { sink, ..self }
+    }
+
     /// Stores what can be stored, acks it after commit, and routes the rest.
     /// Returns once every message is acked, naked or dead-lettered, or on
     /// shutdown (then unacked messages are redelivered later).
@@ -69,7 +74,7 @@ impl Delivery {
     ) {
         let mut decoded = Vec::with_capacity(messages.len());
         for message in messages {
-            match decode(&message) {
+            match self.sink.decode(message.payload.as_ref()) {
                 Ok(rows) => decoded.push(Decoded { message, rows }),
                 Err(reason) => self.poison(&message, &reason).await,
             }
@@ -77,13 +82,13 @@ impl Delivery {
         if decoded.is_empty() {
             return;
         }
-        let rows: Vec<Row> = decoded
+        let rows: Vec<Record> = decoded
             .iter()
             .flat_map(|d| d.rows.iter().cloned())
             .collect();
         let mut backoff = Duration::from_millis(100);
         loop {
-            match store::insert_events(&self.pool, &rows).await {
+            match store::insert(&self.pool, &rows).await {
                 Ok(inserted) => {
                     tracing::debug!(
                         messages = decoded.len(),
@@ -131,7 +136,7 @@ impl Delivery {
     /// The batch had a poison message: store each message on its own.
     async fn isolate(&self, decoded: Vec<Decoded>) {
         for d in decoded {
-            match store::insert_events(&self.pool, &d.rows).await {
+            match store::insert(&self.pool, &d.rows).await {
                 Ok(_) => ack(&d.message).await,
                 Err(error) if is_data_error(&error) => {
                     self.poison(&d.message, &format!("postgres refused: {error}"))
@@ -205,7 +210,7 @@ impl Delivery {
         }
         headers.insert(dlq_headers::SUBJECT, message.subject.as_str());
         headers.insert(dlq_headers::REASON, header_safe(reason).as_str());
-        headers.insert(dlq_headers::STREAM, EVENTS_STREAM);
+        headers.insert(dlq_headers::STREAM, self.sink.stream());
         headers.insert(dlq_headers::CONSUMER, WRITER_CONSUMER);
         headers.insert(
             dlq_headers::STREAM_SEQUENCE,
@@ -216,7 +221,7 @@ impl Delivery {
         // stores it once.
         headers.insert(
             "Nats-Msg-Id",
-            format!("dlq-{EVENTS_STREAM}-{stream_sequence}").as_str(),
+            format!("dlq-{}-{stream_sequence}", self.sink.stream()).as_str(),
         );
         let publish = PublishMessage::build()
             .payload(message.payload.clone())
@@ -224,24 +229,13 @@ impl Delivery {
         let ack = self
             .js
             .send_publish(
-                subjects::dlq_subject(EVENTS_STREAM, WRITER_CONSUMER),
+                subjects::dlq_subject(self.sink.stream(), WRITER_CONSUMER),
                 publish,
             )
             .await
             .map_err(|e| e.to_string())?;
         ack.await.map(|_| ()).map_err(|e| e.to_string())
     }
-}
-
-fn decode(message: &jetstream::Message) -> Result<Vec<Row>, String> {
-    let batch = EventBatch::decode(message.payload.as_ref())
-        .map_err(|e| format!("not a vigil.event.v1.EventBatch: {e}"))?;
-    batch
-        .events
-        .into_iter()
-        .enumerate()
-        .map(|(i, e)| Row::try_from(e).map_err(|error| format!("events[{i}]: {error}")))
-        .collect()
 }
 
 async fn ack(message: &jetstream::Message) {

@@ -25,7 +25,7 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use vigil_common::config::{ConfigErrors, InvalidConfig, NatsSettings};
-use vigil_common::subjects::{EVENTS_STREAM, WRITER_CONSUMER};
+use vigil_common::subjects::{EVENTS_STREAM, FINDINGS_STREAM, WRITER_CONSUMER, WRITER_FINDINGS_CONSUMER};
 
 pub use store::MIGRATOR;
 
@@ -142,6 +142,7 @@ pub struct Writer {
     pool: PgPool,
     nats: async_nats::Client,
     consumer: PullConsumer,
+    findings_consumer: PullConsumer,
     delivery: deliver::Delivery,
     health_listener: TcpListener,
     batch_max_messages: usize,
@@ -167,6 +168,10 @@ pub async fn build(config: &Config) -> Result<Writer, WriterError> {
         .get_consumer_from_stream(WRITER_CONSUMER, EVENTS_STREAM)
         .await
         .map_err(|e| WriterError::Consumer(e.to_string()))?;
+    let findings_consumer: PullConsumer = js
+        .get_consumer_from_stream(WRITER_FINDINGS_CONSUMER, FINDINGS_STREAM)
+        .await
+        .map_err(|e| WriterError::Consumer(e.to_string()))?;
     let addr = config.health_listen;
     let health_listener = TcpListener::bind(addr)
         .await
@@ -176,11 +181,13 @@ pub async fn build(config: &Config) -> Result<Writer, WriterError> {
         js: js.clone(),
         max_deliveries: config.max_deliveries,
         retry_base: Duration::from_millis(config.retry_base_ms),
+        sink: store::Sink::Events,
     };
     Ok(Writer {
         pool,
         nats,
         consumer,
+        findings_consumer,
         delivery,
         health_listener,
         batch_max_messages: config.batch_max_messages,
@@ -193,14 +200,15 @@ impl Writer {
         self.health_listener.local_addr()
     }
 
-    /// Consumes until `shutdown`; then stops pulling, finishes the batch in
-    /// hand (commit, then ack), and returns. Anything not acked is
-    /// redelivered to the next writer.
+    /// Consumes EVENTS and FINDINGS until `shutdown`; then stops pulling,
+    /// finishes the batches in hand (commit, then ack), and returns.
+    /// Anything not acked is redelivered to the next writer.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), WriterError> {
         let Writer {
             pool,
             nats,
             consumer,
+            findings_consumer,
             delivery,
             health_listener,
             batch_max_messages,
@@ -210,62 +218,16 @@ impl Writer {
         health
             .set_service_status(HEALTH_SERVICE, tonic_health::ServingStatus::Serving)
             .await;
-        let mut backoff = Duration::from_millis(100);
-        while !shutdown.is_cancelled() {
-            let messages = consumer
-                .stream()
-                .max_messages_per_batch(1000)
-                .heartbeat(Duration::from_secs(5))
-                .expires(Duration::from_secs(30))
-                .messages()
-                .await;
-            let mut messages = match messages {
-                Ok(m) => m,
-                Err(error) => {
-                    tracing::warn!(%error, "cannot pull from jetstream, retrying");
-                    health
-                        .set_service_status(HEALTH_SERVICE, tonic_health::ServingStatus::NotServing)
-                        .await;
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    continue;
-                }
-            };
-            backoff = Duration::from_millis(100);
-            loop {
-                let mut pending = Vec::new();
-                let mut taken = 1usize;
-                // Wait for the first message of a batch...
-                let first = tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    next = messages.next() => next,
-                };
-                match first {
-                    Some(Ok(m)) => pending.push(m),
-                    Some(Err(error)) => {
-                        tracing::warn!(%error, "pull stream error");
-                        continue;
-                    }
-                    None => break,
-                }
-                // ...then take more until the batch is full or old enough.
-                let deadline = tokio::time::Instant::now() + batch_max_wait;
-                while taken < batch_max_messages {
-                    match tokio::time::timeout_at(deadline, messages.next()).await {
-                        Ok(Some(Ok(m))) => {
-                            taken += 1;
-                            pending.push(m);
-                        }
-                        Ok(Some(Err(error))) => tracing::warn!(%error, "pull stream error"),
-                        Ok(None) | Err(_) => break,
-                    }
-                }
-                delivery.handle(pending, &health, &shutdown).await;
-            }
-        }
+        let batching = (batch_max_messages, batch_max_wait);
+        let findings = consume(
+            findings_consumer,
+            delivery.clone().for_sink(store::Sink::Findings),
+            batching,
+            health.clone(),
+            shutdown.clone(),
+        );
+        let events = consume(consumer, delivery, batching, health.clone(), shutdown.clone());
+        tokio::join!(events, findings);
         health
             .set_service_status(HEALTH_SERVICE, tonic_health::ServingStatus::NotServing)
             .await;
@@ -276,5 +238,66 @@ impl Writer {
         let _ = health_task.await;
         tracing::info!("writer stopped");
         Ok(())
+    }
+}
+
+/// One consume loop: pull, batch by size or time, hand to `delivery`.
+async fn consume(
+    consumer: PullConsumer,
+    delivery: deliver::Delivery,
+    (batch_max_messages, batch_max_wait): (usize, Duration),
+    health: tonic_health::server::HealthReporter,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(100);
+    while !shutdown.is_cancelled() {
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(1000)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await;
+        let mut messages = match messages {
+            Ok(m) => m,
+            Err(error) => {
+                tracing::warn!(%error, "cannot pull from jetstream, retrying");
+                health
+                    .set_service_status(HEALTH_SERVICE, tonic_health::ServingStatus::NotServing)
+                    .await;
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        loop {
+            // Wait for the first message of a batch...
+            let first = tokio::select! {
+                () = shutdown.cancelled() => break,
+                next = messages.next() => next,
+            };
+            let mut pending = match first {
+                Some(Ok(m)) => vec![m],
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "pull stream error");
+                    continue;
+                }
+                None => break,
+            };
+            // ...then take more until the batch is full or old enough.
+            let deadline = tokio::time::Instant::now() + batch_max_wait;
+            while pending.len() < batch_max_messages {
+                match tokio::time::timeout_at(deadline, messages.next()).await {
+                    Ok(Some(Ok(m))) => pending.push(m),
+                    Ok(Some(Err(error))) => tracing::warn!(%error, "pull stream error"),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            delivery.handle(pending, &health, &shutdown).await;
+        }
     }
 }

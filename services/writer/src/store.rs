@@ -3,7 +3,8 @@
 use chrono::{DateTime, Utc};
 use prost::Message;
 use sqlx::PgPool;
-use vigil_proto::event::v1::SecurityEvent;
+use vigil_proto::event::v1::{EventBatch, SecurityEvent};
+use vigil_proto::finding::v1::Finding;
 
 /// Migrations under `services/writer/migrations`, embedded.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -107,4 +108,126 @@ pub async fn insert_events(pool: &PgPool, rows: &[Row]) -> Result<u64, sqlx::Err
     .await?;
     tx.commit().await?;
     Ok(result.rows_affected())
+}
+
+/// What a consumer's messages carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sink {
+    /// `EventBatch` messages on EVENTS.
+    Events,
+    /// `Finding` messages on FINDINGS.
+    Findings,
+}
+
+/// One row to store.
+#[derive(Debug, Clone)]
+pub enum Record {
+    Event(Row),
+    Finding(FindingRow),
+}
+
+impl Sink {
+    pub fn stream(self) -> &'static str {
+        match self {
+            Sink::Events => vigil_common::subjects::EVENTS_STREAM,
+            Sink::Findings => vigil_common::subjects::FINDINGS_STREAM,
+        }
+    }
+
+    /// Decodes a message's payload into rows; an error makes it poison.
+    pub fn decode(self, payload: &[u8]) -> Result<Vec<Record>, String> {
+        match self {
+            Sink::Events => {
+                let batch = EventBatch::decode(payload).map_err(|e| format!("not a vigil.event.v1.EventBatch: {e}"))?;
+                batch
+                    .events
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, e)| Row::try_from(e).map(Record::Event).map_err(|error| format!("events[{i}]: {error}")))
+                    .collect()
+            }
+            Sink::Findings => {
+                let finding = Finding::decode(payload).map_err(|e| format!("not a vigil.finding.v1.Finding: {e}"))?;
+                Ok(vec![Record::Finding(FindingRow::try_from(finding).map_err(|e| e.to_string())?)])
+            }
+        }
+    }
+}
+
+/// One row of `findings`.
+#[derive(Debug, Clone)]
+pub struct FindingRow {
+    pub tenant: String,
+    pub finding_id: String,
+    pub version: i32,
+    pub rule_id: String,
+    pub severity_id: i16,
+    pub window_start: DateTime<Utc>,
+    pub window_end: DateTime<Utc>,
+    pub count: i32,
+    pub payload: Vec<u8>,
+}
+
+impl TryFrom<Finding> for FindingRow {
+    type Error = RowError;
+
+    fn try_from(f: Finding) -> Result<Self, RowError> {
+        let time = |ms: i64, what: &str| DateTime::from_timestamp_millis(ms).ok_or_else(|| RowError(format!("{what} {ms} out of range")));
+        if f.tenant.is_empty() || f.finding_id.is_empty() {
+            return Err(RowError("finding without tenant or id".into()));
+        }
+        Ok(FindingRow {
+            tenant: f.tenant.clone(),
+            finding_id: f.finding_id.clone(),
+            version: i32::try_from(f.version).map_err(|_| RowError("version out of range".into()))?,
+            rule_id: f.rule_id.clone(),
+            severity_id: i16::try_from(f.severity_id).map_err(|_| RowError("severity_id out of range".into()))?,
+            window_start: time(f.window_start, "window_start")?,
+            window_end: time(f.window_end, "window_end")?,
+            count: i32::try_from(f.count).map_err(|_| RowError("count out of range".into()))?,
+            payload: f.encode_to_vec(),
+        })
+    }
+}
+
+/// Stores events (skipping known ones) and findings (keeping the newest
+/// version) in one transaction.
+pub async fn insert(pool: &PgPool, records: &[Record]) -> Result<u64, sqlx::Error> {
+    let events: Vec<Row> = records.iter().filter_map(|r| match r { Record::Event(e) => Some(e.clone()), _ => None }).collect();
+    let mut newest: std::collections::BTreeMap<(String, String), FindingRow> = std::collections::BTreeMap::new();
+    for r in records {
+        if let Record::Finding(f) = r {
+            let key = (f.tenant.clone(), f.finding_id.clone());
+            if newest.get(&key).is_none_or(|old| old.version < f.version) {
+                newest.insert(key, f.clone());
+            }
+        }
+    }
+    let mut stored = insert_events(pool, &events).await?;
+    if newest.is_empty() {
+        return Ok(stored);
+    }
+    let findings: Vec<FindingRow> = newest.into_values().collect();
+    let result = sqlx::query(
+        "INSERT INTO findings (tenant, finding_id, version, rule_id, severity_id, window_start, window_end, count, payload)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::int4[], $4::text[], $5::int2[], $6::timestamptz[], $7::timestamptz[], $8::int4[], $9::bytea[])
+         ON CONFLICT (tenant, finding_id) DO UPDATE SET
+           version = EXCLUDED.version, rule_id = EXCLUDED.rule_id, severity_id = EXCLUDED.severity_id,
+           window_start = EXCLUDED.window_start, window_end = EXCLUDED.window_end, count = EXCLUDED.count,
+           payload = EXCLUDED.payload, updated_at = now()
+         WHERE findings.version < EXCLUDED.version",
+    )
+    .bind(findings.iter().map(|f| f.tenant.as_str()).collect::<Vec<_>>())
+    .bind(findings.iter().map(|f| f.finding_id.as_str()).collect::<Vec<_>>())
+    .bind(findings.iter().map(|f| f.version).collect::<Vec<_>>())
+    .bind(findings.iter().map(|f| f.rule_id.as_str()).collect::<Vec<_>>())
+    .bind(findings.iter().map(|f| f.severity_id).collect::<Vec<_>>())
+    .bind(findings.iter().map(|f| f.window_start).collect::<Vec<_>>())
+    .bind(findings.iter().map(|f| f.window_end).collect::<Vec<_>>())
+    .bind(findings.iter().map(|f| f.count).collect::<Vec<_>>())
+    .bind(findings.iter().map(|f| f.payload.as_slice()).collect::<Vec<_>>())
+    .execute(pool)
+    .await?;
+    stored += result.rows_affected();
+    Ok(stored)
 }

@@ -1,0 +1,326 @@
+//! The correlator service: its partition's durable consumer on EVENTS in,
+//! findings on `findings.<tenant>.<rule>` out, state checkpointed in the
+//! CORRELATOR bucket.
+//!
+//! Per batch of messages: absorb the events of this partition's tenants,
+//! publish the findings that changed (message id `<finding id>-v<version>`,
+//! so a replay after a crash is deduplicated), checkpoint the engine state,
+//! and only then acknowledge the messages. A crash anywhere in between
+//! replays the batch from the last checkpoint, and the engine counts each
+//! event once, so the findings equal an uninterrupted run's.
+//!
+//! Partitions: tenant `t` belongs to partition `hash(t) % partitions`; every
+//! group key includes the tenant, so each (rule, tenant, key) lives on one
+//! instance. Each partition has its own consumer and checkpoint.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer::PullConsumer, kv, message::PublishMessage};
+use bytes::Bytes;
+use futures::StreamExt;
+use prost::Message as _;
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use vigil_common::subjects::{self, MESSAGE_TYPE_HEADER, PROTOBUF_CONTENT_TYPE};
+use vigil_proto::event::v1::EventBatch;
+use vigil_proto::finding::v1::{Finding as FindingPb, KeyPart};
+
+use crate::engine::{Engine, Finding, Settings, State};
+use crate::rules;
+
+pub const HEALTH_SERVICE: &str = "vigil.correlator";
+
+/// The partition a tenant belongs to.
+pub fn partition_of(tenant: &str, partitions: u32) -> u32 {
+    let digest = Sha256::digest(tenant.as_bytes());
+    u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]) % partitions.max(1)
+}
+
+pub fn to_proto(f: &Finding) -> FindingPb {
+    FindingPb {
+        finding_id: f.id.clone(),
+        activity_id: f.activity_id,
+        version: f.version,
+        rule_id: f.rule_id.clone(),
+        title: f.title.clone(),
+        severity_id: f.severity_id,
+        technique: f.technique.clone(),
+        tenant: f.tenant.clone(),
+        group_key: f.group_key.iter().map(|(field, value)| KeyPart { field: field.clone(), value: value.clone() }).collect(),
+        window_start: f.window_start,
+        window_end: f.window_end,
+        count: u32::try_from(f.count).unwrap_or(u32::MAX),
+        event_ids: f.event_ids.clone(),
+        time: vigil_common::now_millis(),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CorrelatorError {
+    #[error("rules file {path}: {reason}")]
+    Rules { path: String, reason: String },
+    #[error(transparent)]
+    Nats(#[from] vigil_common::nats::NatsConnectError),
+    #[error("cannot open {what} (was the admin provisioning run?): {reason}")]
+    Setup { what: String, reason: String },
+    #[error("checkpoint in {key} is unreadable: {reason}")]
+    Checkpoint { key: String, reason: String },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: std::net::SocketAddr, source: std::io::Error },
+}
+
+/// Loads and validates a rule file.
+pub fn load_rules(path: &std::path::Path) -> Result<Vec<rules::Rule>, CorrelatorError> {
+    let text = std::fs::read_to_string(path).map_err(|e| CorrelatorError::Rules { path: path.display().to_string(), reason: e.to_string() })?;
+    rules::parse(&text).map_err(|e| CorrelatorError::Rules { path: path.display().to_string(), reason: e.to_string() })
+}
+
+/// Counters the metrics endpoint reports.
+#[derive(Default)]
+pub struct Counters {
+    pub events: AtomicU64,
+    pub findings: AtomicU64,
+    pub late_events: AtomicU64,
+    pub dropped_late_events: AtomicU64,
+    pub undecodable: AtomicU64,
+    pub watermark_ms: AtomicI64,
+}
+
+impl Counters {
+    pub fn render(&self) -> String {
+        use vigil_common::metrics::{Sample, render};
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
+        render(&[
+            Sample { name: "vigil_correlator_events_total", help: "Events absorbed by this partition.", kind: "counter", value: n(&self.events) },
+            Sample { name: "vigil_correlator_findings_total", help: "Finding versions published.", kind: "counter", value: n(&self.findings) },
+            Sample { name: "vigil_correlator_late_events_total", help: "Events that arrived after their window closed.", kind: "counter", value: n(&self.late_events) },
+            Sample { name: "vigil_correlator_dropped_late_events_total", help: "Late events whose window was already forgotten.", kind: "counter", value: n(&self.dropped_late_events) },
+            Sample { name: "vigil_correlator_undecodable_messages_total", help: "Messages that were not an EventBatch.", kind: "counter", value: n(&self.undecodable) },
+            Sample { name: "vigil_correlator_watermark_seconds", help: "Event-time watermark.", kind: "gauge", value: self.watermark_ms.load(Ordering::Relaxed) as f64 / 1000.0 },
+        ])
+    }
+}
+
+pub struct Parts {
+    pub rules_path: PathBuf,
+    pub partition: u32,
+    pub partitions: u32,
+    pub settings: Settings,
+    pub idle_timeout: Duration,
+    pub batch_max_messages: usize,
+    pub batch_max_wait: Duration,
+    pub health_listener: TcpListener,
+    pub metrics_listener: TcpListener,
+}
+
+pub struct Correlator {
+    parts: Parts,
+    nats: async_nats::Client,
+    js: jetstream::Context,
+    consumer: PullConsumer,
+    bucket: kv::Store,
+    engine: Engine,
+    pub counters: Arc<Counters>,
+}
+
+impl Correlator {
+    pub async fn open(parts: Parts, nats: async_nats::Client) -> Result<Self, CorrelatorError> {
+        let rules = load_rules(&parts.rules_path)?;
+        let js = jetstream::new(nats.clone());
+        let name = subjects::correlator_consumer(parts.partition);
+        let consumer: PullConsumer = js
+            .get_consumer_from_stream(&name, subjects::EVENTS_STREAM)
+            .await
+            .map_err(|e| CorrelatorError::Setup { what: format!("consumer {name} on EVENTS"), reason: e.to_string() })?;
+        let bucket = js
+            .get_key_value(subjects::CORRELATOR_BUCKET)
+            .await
+            .map_err(|e| CorrelatorError::Setup { what: format!("bucket {}", subjects::CORRELATOR_BUCKET), reason: e.to_string() })?;
+        let key = subjects::correlator_checkpoint_key(parts.partition);
+        let state = match bucket.get(&key).await {
+            Ok(Some(bytes)) => serde_json::from_slice::<State>(&bytes).map_err(|e| CorrelatorError::Checkpoint { key: key.clone(), reason: e.to_string() })?,
+            Ok(None) => State::default(),
+            Err(e) => return Err(CorrelatorError::Setup { what: format!("checkpoint {key}"), reason: e.to_string() }),
+        };
+        tracing::info!(partition = parts.partition, watermark = state.watermark, rules = rules.len(), "restored checkpoint");
+        let engine = Engine::new(rules, parts.settings.clone(), state);
+        Ok(Self { parts, nats, js, consumer, bucket, engine, counters: Arc::new(Counters::default()) })
+    }
+
+    pub fn health_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.parts.health_listener.local_addr()
+    }
+
+    pub fn metrics_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.parts.metrics_listener.local_addr()
+    }
+
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), CorrelatorError> {
+        let Correlator { parts, nats, js, consumer, bucket, mut engine, counters } = self;
+        let Parts { rules_path, partition, partitions, idle_timeout, batch_max_messages, batch_max_wait, health_listener, metrics_listener, settings } = parts;
+        let (health, health_task) = vigil_common::health::serve(health_listener, shutdown.clone());
+        health.set_service_status(HEALTH_SERVICE, tonic_health::ServingStatus::Serving).await;
+        let metrics_counters = counters.clone();
+        let metrics_task = tokio::spawn(vigil_common::metrics::serve(metrics_listener, shutdown.clone(), move || metrics_counters.render()));
+        let key = subjects::correlator_checkpoint_key(partition);
+        let mut hangup = hangup_signal();
+        let mut last_arrival = Instant::now();
+        let mut idle_tick = tokio::time::interval(idle_timeout / 2);
+        'outer: while !shutdown.is_cancelled() {
+            let mut messages = match consumer.stream().max_messages_per_batch(1000).heartbeat(Duration::from_secs(5)).messages().await {
+                Ok(m) => m,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot pull from jetstream, retrying");
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            };
+            loop {
+                let first = tokio::select! {
+                    () = shutdown.cancelled() => break 'outer,
+                    _ = hangup.recv() => {
+                        match load_rules(&rules_path) {
+                            Ok(rules) => {
+                                tracing::info!(rules = rules.len(), "rules reloaded");
+                                engine.replace_rules(rules);
+                            }
+                            Err(error) => tracing::error!(%error, "rules file refused; the running rules stay in force"),
+                        }
+                        continue;
+                    }
+                    _ = idle_tick.tick() => {
+                        // An idle source must not stall windows: let event
+                        // time advance with wall time since the last event.
+                        if last_arrival.elapsed() >= idle_timeout && engine.state.max_event_time > 0 {
+                            let elapsed = i64::try_from(last_arrival.elapsed().as_millis()).unwrap_or(i64::MAX);
+                            let watermark = engine.state.max_event_time - settings.allowed_lateness_ms + elapsed;
+                            let findings = engine.advance(watermark);
+                            if !findings.is_empty() {
+                                if let Err(error) = commit(&js, &bucket, &key, &engine, &findings, &counters).await {
+                                    tracing::warn!(%error, "cannot publish idle-closed findings; will retry from the checkpoint");
+                                }
+                            }
+                        }
+                        continue;
+                    }
+                    next = messages.next() => next,
+                };
+                let mut pending = match first {
+                    Some(Ok(m)) => vec![m],
+                    Some(Err(error)) => {
+                        tracing::warn!(%error, "pull stream error");
+                        continue;
+                    }
+                    None => break,
+                };
+                let deadline = tokio::time::Instant::now() + batch_max_wait;
+                while pending.len() < batch_max_messages {
+                    match tokio::time::timeout_at(deadline, messages.next()).await {
+                        Ok(Some(Ok(m))) => pending.push(m),
+                        Ok(Some(Err(error))) => tracing::warn!(%error, "pull stream error"),
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+                last_arrival = Instant::now();
+                let mut findings = Vec::new();
+                for message in &pending {
+                    let Ok(batch) = EventBatch::decode(message.payload.as_ref()) else {
+                        // The writer dead-letters it; nothing to correlate.
+                        counters.undecodable.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
+                    for event in &batch.events {
+                        let tenant = event.metadata.as_ref().map(|m| m.tenant.as_str()).unwrap_or_default();
+                        if tenant.is_empty() || partition_of(tenant, partitions) != partition {
+                            continue;
+                        }
+                        counters.events.fetch_add(1, Ordering::Relaxed);
+                        findings.extend(engine.ingest(tenant, event));
+                    }
+                }
+                match commit(&js, &bucket, &key, &engine, &findings, &counters).await {
+                    Ok(()) => {
+                        for message in &pending {
+                            if let Err(error) = message.ack().await {
+                                tracing::warn!(%error, "ack failed; the batch will be redelivered and counted once");
+                            }
+                        }
+                    }
+                    Err(error) => {
+                        // Not checkpointed: hand the batch back and restart
+                        // from the last checkpoint so state matches it.
+                        tracing::warn!(%error, "commit failed; replaying from the last checkpoint");
+                        for message in &pending {
+                            let _ = message.ack_with(jetstream::AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                        }
+                        if let Ok(Some(bytes)) = bucket.get(&key).await {
+                            if let Ok(state) = serde_json::from_slice::<State>(&bytes) {
+                                let rules = engine.rules().to_vec();
+                                engine = Engine::new(rules, settings.clone(), state);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        health.set_service_status(HEALTH_SERVICE, tonic_health::ServingStatus::NotServing).await;
+        let _ = nats.flush().await;
+        let _ = health_task.await;
+        let _ = metrics_task.await;
+        tracing::info!("correlator stopped");
+        Ok(())
+    }
+}
+
+/// Publishes changed findings (waiting for JetStream), then checkpoints.
+async fn commit(
+    js: &jetstream::Context,
+    bucket: &kv::Store,
+    key: &str,
+    engine: &Engine,
+    findings: &[Finding],
+    counters: &Counters,
+) -> Result<(), String> {
+    let mut acks = Vec::with_capacity(findings.len());
+    for f in findings {
+        let publish = PublishMessage::build()
+            .payload(Bytes::from(to_proto(f).encode_to_vec()))
+            .message_id(format!("{}-v{}", f.id, f.version))
+            .header("Content-Type", PROTOBUF_CONTENT_TYPE)
+            .header(MESSAGE_TYPE_HEADER, "vigil.finding.v1.Finding");
+        let ack = js.send_publish(subjects::findings_subject(&f.tenant, &f.rule_id), publish).await.map_err(|e| e.to_string())?;
+        acks.push(ack.into_future());
+    }
+    for ack in futures::future::join_all(acks).await {
+        ack.map_err(|e| e.to_string())?;
+    }
+    let state = serde_json::to_vec(&engine.state).map_err(|e| e.to_string())?;
+    bucket.put(key, Bytes::from(state)).await.map_err(|e| e.to_string())?;
+    counters.findings.fetch_add(findings.len() as u64, Ordering::Relaxed);
+    counters.late_events.store(engine.state.late_events, Ordering::Relaxed);
+    counters.dropped_late_events.store(engine.state.dropped_late_events, Ordering::Relaxed);
+    counters.watermark_ms.store(engine.state.watermark, Ordering::Relaxed);
+    Ok(())
+}
+
+fn hangup_signal() -> tokio::sync::mpsc::Receiver<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut hup) = signal(SignalKind::hangup()) {
+            while hup.recv().await.is_some() {
+                if tx.send(()).await.is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    rx
+}
