@@ -27,7 +27,14 @@ use rcgen::{
 pub const TRUST_DOMAIN: &str = "vigil.local";
 
 /// The services that hold a NATS user of their own.
-pub const NATS_USERS: &[&str] = &["gateway", "writer", "reader", "admin", "subscriber", "correlator"];
+pub const NATS_USERS: &[&str] = &[
+    "gateway",
+    "writer",
+    "reader",
+    "admin",
+    "subscriber",
+    "correlator",
+];
 
 /// Which identities to issue besides the fixed service certificates.
 #[derive(Debug, Clone)]
@@ -48,6 +55,7 @@ impl Default for Options {
                 ("acme".into(), "host-01".into()),
                 ("globex".into(), "sensor-01".into()),
                 ("globex".into(), "host-02".into()),
+                ("initech".into(), "ws-01".into()),
             ],
             users: vec!["analyst".into()],
             validity_days: 90,
@@ -302,7 +310,7 @@ mod tests {
             let mode = fs::metadata(&pair.key)?.permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{}", pair.key.display());
         }
-        assert_eq!(pki.devices()?.len(), 4);
+        assert_eq!(pki.devices()?.len(), 5);
         Ok(())
     }
 }

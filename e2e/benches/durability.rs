@@ -52,10 +52,10 @@ async fn measure(
     let started = Instant::now();
     let mut acks = FuturesUnordered::new();
     for i in 0..messages {
-        if acks.len() >= IN_FLIGHT {
-            if let Some(ack) = acks.next().await {
-                let _: async_nats::jetstream::publish::PublishAck = ack?;
-            }
+        if acks.len() >= IN_FLIGHT
+            && let Some(ack) = acks.next().await
+        {
+            let _: async_nats::jetstream::publish::PublishAck = ack?;
         }
         let publish = async_nats::jetstream::message::PublishMessage::build()
             .payload(payload.clone())

@@ -296,6 +296,8 @@ pub struct Mesh {
     pub pool: PgPool,
     pub gateway_addr: SocketAddr,
     pub reader_addr: SocketAddr,
+    /// Each correlator partition's Prometheus endpoint.
+    pub correlator_metrics: Vec<SocketAddr>,
     shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     _pki_dir: tempfile::TempDir,
@@ -364,6 +366,33 @@ impl Mesh {
             query_timeout_secs: 10,
         })
         .await?;
+        let mut correlators = Vec::new();
+        for partition in 0..options.limits.correlator_partitions {
+            let client = nats_client("correlator");
+            correlators.push(
+                vigil_correlator::build(&vigil_correlator::Config {
+                    rules: workspace_root().join("deploy/rules.toml"),
+                    partition,
+                    partitions: options.limits.correlator_partitions,
+                    allowed_lateness_ms: 2_000,
+                    late_retention_secs: 3600,
+                    idle_timeout_ms: 500,
+                    batch_max_messages: 200,
+                    batch_max_wait_ms: 50,
+                    health_listen: local,
+                    metrics_listen: local,
+                    nats_url: nats.url(),
+                    nats_ca: pki.ca(),
+                    nats_cert: client.cert,
+                    nats_key: client.key,
+                })
+                .await?,
+            );
+        }
+        let correlator_metrics = correlators
+            .iter()
+            .map(|c| c.metrics_addr())
+            .collect::<Result<Vec<_>, _>>()?;
         let gateway_addr = gateway.local_addr()?;
         let reader_addr = reader.local_addr()?;
         let shutdown = CancellationToken::new();
@@ -386,6 +415,14 @@ impl Mesh {
                 eprintln!("reader: {e}");
             }
         }));
+        for correlator in correlators {
+            let s = shutdown.clone();
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = correlator.run_until_stopped(s).await {
+                    eprintln!("correlator: {e}");
+                }
+            }));
+        }
         Ok(Mesh {
             pki,
             nats,
@@ -393,6 +430,7 @@ impl Mesh {
             pool,
             gateway_addr,
             reader_addr,
+            correlator_metrics,
             shutdown,
             tasks,
             _pki_dir: pki_dir,
@@ -446,6 +484,13 @@ impl Mesh {
     /// Rows in `events`.
     pub async fn stored_events(&self) -> anyhow::Result<i64> {
         Ok(sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// Rows in `findings`.
+    pub async fn stored_findings(&self) -> anyhow::Result<i64> {
+        Ok(sqlx::query_scalar("SELECT count(*) FROM findings")
             .fetch_one(&self.pool)
             .await?)
     }

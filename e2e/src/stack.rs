@@ -135,6 +135,7 @@ pub struct Stack {
     pub gateway: Service,
     pub writer: Service,
     pub reader: Service,
+    pub correlator: Service,
     pub gateway_port: u16,
     pub writer_health_port: u16,
     pub reader_port: u16,
@@ -228,6 +229,30 @@ impl Stack {
         ];
         reader_env.extend(tls_env("VIGIL_READER", "reader"));
         reader_env.extend(nats_env("VIGIL_READER", "reader"));
+        let correlator_health = free_port()?;
+        let mut correlator_env = vec![
+            (
+                "VIGIL_CORRELATOR_RULES".to_owned(),
+                path(crate::workspace_root().join("deploy/rules.toml")),
+            ),
+            (
+                "VIGIL_CORRELATOR_HEALTH_LISTEN".to_owned(),
+                format!("127.0.0.1:{correlator_health}"),
+            ),
+            (
+                "VIGIL_CORRELATOR_METRICS_LISTEN".to_owned(),
+                format!("127.0.0.1:{}", free_port()?),
+            ),
+            (
+                "VIGIL_CORRELATOR_ALLOWED_LATENESS_MS".to_owned(),
+                "2000".to_owned(),
+            ),
+            (
+                "VIGIL_CORRELATOR_IDLE_TIMEOUT_MS".to_owned(),
+                "500".to_owned(),
+            ),
+        ];
+        correlator_env.extend(nats_env("VIGIL_CORRELATOR", "correlator"));
 
         let service = |name: &'static str, env, ready_port| -> anyhow::Result<Service> {
             Ok(Service {
@@ -242,9 +267,11 @@ impl Stack {
         let mut writer = service("vigil-writer", writer_env, writer_health_port)?;
         let mut gateway = service("vigil-gateway", gateway_env, gateway_port)?;
         let mut reader = service("vigil-reader", reader_env, reader_port)?;
+        let mut correlator = service("vigil-correlator", correlator_env, correlator_health)?;
         writer.start().await?;
         gateway.start().await?;
         reader.start().await?;
+        correlator.start().await?;
         Ok(Stack {
             pki,
             nats,
@@ -254,6 +281,7 @@ impl Stack {
             gateway,
             writer,
             reader,
+            correlator,
             gateway_port,
             writer_health_port,
             reader_port,
@@ -299,7 +327,12 @@ impl Stack {
 
     /// Prints each service's log (for a failing test).
     pub fn dump_logs(&self) {
-        for name in ["vigil-gateway", "vigil-writer", "vigil-reader"] {
+        for name in [
+            "vigil-gateway",
+            "vigil-writer",
+            "vigil-reader",
+            "vigil-correlator",
+        ] {
             let text = std::fs::read_to_string(self.logs.path().join(format!("{name}.log")))
                 .unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(30).collect();

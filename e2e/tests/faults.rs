@@ -193,3 +193,142 @@ async fn whole_stack_restarted_mid_load() -> anyhow::Result<()> {
     finish("restart whole stack", run, fault_end).await?;
     Ok(())
 }
+
+/// The findings (id, count) an uninterrupted correlator computes over
+/// every event that was stored.
+async fn uninterrupted_findings(
+    pool: &sqlx::PgPool,
+) -> anyhow::Result<std::collections::BTreeSet<(String, usize)>> {
+    use prost::Message;
+    let rows: Vec<(String, Vec<u8>)> =
+        sqlx::query_as("SELECT tenant, payload FROM events ORDER BY time, event_id")
+            .fetch_all(pool)
+            .await?;
+    let rules = vigil_correlator::rules::parse(&std::fs::read_to_string(
+        vigil_e2e::workspace_root().join("deploy/rules.toml"),
+    )?)?;
+    let mut engine =
+        vigil_correlator::engine::Engine::new(rules, Default::default(), Default::default());
+    // The newest version of every finding the engine emits.
+    let mut findings = std::collections::BTreeMap::new();
+    for (tenant, payload) in rows {
+        for f in engine.ingest(
+            &tenant,
+            &vigil_proto::event::v1::SecurityEvent::decode(payload.as_slice())?,
+        ) {
+            findings.insert(f.id.clone(), f.count);
+        }
+    }
+    for f in engine.advance(i64::MAX) {
+        findings.insert(f.id.clone(), f.count);
+    }
+    Ok(findings.into_iter().collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn correlator_killed_mid_stream_emits_what_an_uninterrupted_run_would() -> anyhow::Result<()>
+{
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let mut stack = Stack::start(MeshOptions::default()).await?;
+    let devices: Vec<(String, String)> = [
+        ("acme", "cam-01"),
+        ("globex", "sensor-01"),
+        ("initech", "ws-01"),
+    ]
+    .iter()
+    .map(|(t, d)| ((*t).to_owned(), (*d).to_owned()))
+    .collect();
+    let end = vigil_common::now_millis() - 1_000;
+    let scenario = vigil_client::scenario::generate(&devices, end - 30 * 60_000, end, 3_000, 9);
+    let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let sender = {
+        let (url, pki, events, sent) = (
+            stack.gateway_url(),
+            stack.pki.clone(),
+            scenario.events.clone(),
+            sent.clone(),
+        );
+        tokio::spawn(async move {
+            let mut clients = std::collections::HashMap::new();
+            for chunk in events.chunks(50) {
+                for (tenant, device, event) in chunk {
+                    if !clients.contains_key(tenant) {
+                        let p = pki.device(tenant, device);
+                        let files = vigil_client::TlsFiles {
+                            ca: pki.ca(),
+                            cert: p.cert,
+                            key: p.key,
+                        };
+                        clients.insert(
+                            tenant.clone(),
+                            vigil_client::device::DeviceClient::connect(
+                                &url,
+                                &files,
+                                Default::default(),
+                            )
+                            .await?,
+                        );
+                    }
+                    if let Some(client) = clients.get_mut(tenant) {
+                        client.publish(vec![event.clone()]).await?;
+                    }
+                }
+                sent.fetch_add(chunk.len(), std::sync::atomic::Ordering::Relaxed);
+            }
+            anyhow::Ok(())
+        })
+    };
+    wait_until(
+        Duration::from_secs(60),
+        "a third of the scenario sent",
+        || async { sent.load(std::sync::atomic::Ordering::Relaxed) > scenario.events.len() / 3 },
+    )
+    .await?;
+    stack.correlator.kill9();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stack.correlator.start().await?;
+    sender.await??;
+    let total = scenario.events.len() as i64;
+    wait_until(
+        Duration::from_secs(60),
+        "every scenario event stored",
+        || async {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM events")
+                .fetch_one(&stack.pool)
+                .await
+                .ok()
+                == Some(total)
+        },
+    )
+    .await?;
+
+    let expected = uninterrupted_findings(&stack.pool).await?;
+    assert_eq!(expected.len(), 9);
+    let stored = || async {
+        sqlx::query_as::<_, (String, i32)>("SELECT finding_id, count FROM findings")
+            .fetch_all(&stack.pool)
+            .await
+            .map(|rows| {
+                rows.into_iter()
+                    .map(|(id, c)| (id, c as usize))
+                    .collect::<std::collections::BTreeSet<_>>()
+            })
+            .unwrap_or_default()
+    };
+    let matched = wait_until(
+        Duration::from_secs(60),
+        "findings equal to an uninterrupted run",
+        || async { stored().await == expected },
+    )
+    .await;
+    if matched.is_err() {
+        stack.dump_logs();
+        assert_eq!(stored().await, expected);
+    }
+    eprintln!(
+        "| kill -9 correlator | {} events | {} findings, equal to an uninterrupted run |",
+        scenario.events.len(),
+        expected.len()
+    );
+    Ok(())
+}

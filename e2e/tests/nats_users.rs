@@ -154,6 +154,33 @@ async fn each_service_user_can_do_its_job_and_nothing_else() -> anyhow::Result<(
     js_publish_refused(&subscriber, &subject).await?;
     refused(&mut subscriber_errors, "events.acme.3002").await?;
 
+    // correlator: publishes findings and keeps its checkpoint...
+    let (correlator, mut correlator_errors) = connect_as(&mesh, "correlator").await?;
+    let cjs = jetstream::new(correlator.clone());
+    cjs.publish(
+        subjects::findings_subject("acme", "brute-force"),
+        Bytes::from_static(b"x"),
+    )
+    .await?
+    .await?;
+    let bucket = cjs.get_key_value(subjects::CORRELATOR_BUCKET).await?;
+    bucket.put("probe", Bytes::from_static(b"1")).await?;
+    assert_eq!(bucket.get("probe").await?.as_deref(), Some(&b"1"[..]));
+    // ...but may not publish events, read the firehose, or pull the
+    // writer's consumer.
+    js_publish_refused(&correlator, &subject).await?;
+    refused(&mut correlator_errors, "events.acme.3002").await?;
+    let _sub = correlator.subscribe("events.>").await?;
+    refused(&mut correlator_errors, "events.>").await?;
+    correlator
+        .publish("$JS.API.CONSUMER.MSG.NEXT.EVENTS.writer", Bytes::new())
+        .await?;
+    refused(
+        &mut correlator_errors,
+        "$JS.API.CONSUMER.MSG.NEXT.EVENTS.writer",
+    )
+    .await?;
+
     // Nothing refused was stored.
     assert_eq!(stream_messages(&admin_js).await?, 1);
     mesh.stop().await;

@@ -15,7 +15,9 @@ use vigil_client::{ClientError, TlsFiles};
 use vigil_proto::ingest::v1::PublishRequest;
 use vigil_proto::ingest::v1::ingest_service_client::IngestServiceClient;
 use vigil_proto::query::v1::query_service_client::QueryServiceClient;
-use vigil_proto::query::v1::{GetEventRequest, GetFindingRequest, ListEventsRequest, ListFindingsRequest};
+use vigil_proto::query::v1::{
+    GetEventRequest, GetFindingRequest, ListEventsRequest, ListFindingsRequest,
+};
 
 #[derive(Parser)]
 #[command(
@@ -374,10 +376,17 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             output::events(cli.output, &response.events, &response.next_page_token);
             Ok(())
         }
-        Command::Findings { min_severity, rule, since, limit, page_token } => {
+        Command::Findings {
+            min_severity,
+            rule,
+            since,
+            limit,
+            page_token,
+        } => {
             let channel = vigil_client::connect(&cli.reader, &analyst).await?;
             let start_time = since.map_or(0, |d| {
-                chrono::Utc::now().timestamp_millis() - i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2)
+                chrono::Utc::now().timestamp_millis()
+                    - i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2)
             });
             let response = QueryServiceClient::new(channel)
                 .list_findings(ListFindingsRequest {

@@ -185,7 +185,11 @@ pub fn finding_json(f: &vigil_proto::finding::v1::Finding) -> Value {
     })
 }
 
-pub fn findings(output: Output, findings: &[vigil_proto::finding::v1::Finding], next_page_token: &str) {
+pub fn findings(
+    output: Output,
+    findings: &[vigil_proto::finding::v1::Finding],
+    next_page_token: &str,
+) {
     match output {
         Output::Json => {
             let body = json!({
@@ -199,9 +203,23 @@ pub fn findings(output: Output, findings: &[vigil_proto::finding::v1::Finding], 
             table
                 .load_preset(UTF8_FULL_CONDENSED)
                 .set_content_arrangement(ContentArrangement::Dynamic)
-                .set_header(["window end", "tenant", "rule", "severity", "count", "key", "technique", "finding"]);
+                .set_header([
+                    "window end",
+                    "tenant",
+                    "rule",
+                    "severity",
+                    "count",
+                    "key",
+                    "technique",
+                    "finding",
+                ]);
             for f in findings {
-                let key = f.group_key.iter().map(|k| format!("{}={}", k.field, k.value)).collect::<Vec<_>>().join(" ");
+                let key = f
+                    .group_key
+                    .iter()
+                    .map(|k| format!("{}={}", k.field, k.value))
+                    .collect::<Vec<_>>()
+                    .join(" ");
                 table.add_row([
                     time(f.window_end),
                     f.tenant.clone(),

@@ -19,7 +19,10 @@ pub struct Sample {
 pub fn render(samples: &[Sample]) -> String {
     let mut out = String::new();
     for s in samples {
-        out.push_str(&format!("# HELP {} {}\n# TYPE {} {}\n{} {}\n", s.name, s.help, s.name, s.kind, s.name, s.value));
+        out.push_str(&format!(
+            "# HELP {} {}\n# TYPE {} {}\n{} {}\n",
+            s.name, s.help, s.name, s.kind, s.name, s.value
+        ));
     }
     out
 }
@@ -38,7 +41,8 @@ where
         let render = render.clone();
         tokio::spawn(async move {
             let mut head = [0u8; 1024];
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), stream.read(&mut head)).await;
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), stream.read(&mut head))
+                .await;
             let body = render();
             let response = format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

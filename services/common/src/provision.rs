@@ -59,7 +59,10 @@ pub enum ProvisionError {
         reason: String,
     },
     #[error("cannot create key-value bucket {bucket}: {reason}")]
-    Bucket { bucket: &'static str, reason: String },
+    Bucket {
+        bucket: &'static str,
+        reason: String,
+    },
     #[error("correlator partitions must be 1 to {max}")]
     Partitions { max: u32 },
 }
@@ -120,7 +123,9 @@ pub async fn provision(
     let events = ensure_stream(&js, config, EVENTS_STREAM).await?;
     durable(&events, EVENTS_STREAM, WRITER_CONSUMER, limits.ack_wait).await?;
     if !(1..=subjects::MAX_CORRELATOR_PARTITIONS).contains(&limits.correlator_partitions) {
-        return Err(ProvisionError::Partitions { max: subjects::MAX_CORRELATOR_PARTITIONS });
+        return Err(ProvisionError::Partitions {
+            max: subjects::MAX_CORRELATOR_PARTITIONS,
+        });
     }
     for partition in 0..limits.correlator_partitions {
         let name = subjects::correlator_consumer(partition);
@@ -137,7 +142,13 @@ pub async fn provision(
         ..Default::default()
     };
     let findings = ensure_stream(&js, findings, FINDINGS_STREAM).await?;
-    durable(&findings, FINDINGS_STREAM, WRITER_FINDINGS_CONSUMER, limits.ack_wait).await?;
+    durable(
+        &findings,
+        FINDINGS_STREAM,
+        WRITER_FINDINGS_CONSUMER,
+        limits.ack_wait,
+    )
+    .await?;
     if js.get_key_value(CORRELATOR_BUCKET).await.is_err() {
         js.create_key_value(jetstream::kv::Config {
             bucket: CORRELATOR_BUCKET.to_owned(),
@@ -147,7 +158,10 @@ pub async fn provision(
             ..Default::default()
         })
         .await
-        .map_err(|e| ProvisionError::Bucket { bucket: CORRELATOR_BUCKET, reason: e.to_string() })?;
+        .map_err(|e| ProvisionError::Bucket {
+            bucket: CORRELATOR_BUCKET,
+            reason: e.to_string(),
+        })?;
     }
     Ok(())
 }

@@ -137,7 +137,10 @@ fn key_text(key: &[(String, String)]) -> String {
 /// The start of the window of size `size` holding `time` (floor, also for
 /// negative times).
 pub fn window_start(time: i64, size: i64) -> i64 {
-    time.div_euclid(size) * size
+    // Saturates at the very bottom of the range instead of overflowing
+    // (the gateway never lets such times in; the engine still must not
+    // panic on them).
+    time.saturating_sub(time.rem_euclid(size))
 }
 
 /// The deterministic id of the finding a window creates.
@@ -204,10 +207,14 @@ impl Engine {
                 _ => None,
             };
             let start = window_start(event.time, rule.window_ms);
-            let end = start + rule.window_ms;
+            let end = start.saturating_add(rule.window_ms);
             let id = digest(&[&rule.id, tenant, &key_text(&key), &start.to_string()]);
             if !self.state.windows.contains_key(&id)
-                && end <= self.state.watermark - self.settings.late_retention_ms
+                && end
+                    <= self
+                        .state
+                        .watermark
+                        .saturating_sub(self.settings.late_retention_ms)
             {
                 // So late its window is forgotten: counted, not silently lost.
                 self.state.late_events += 1;
@@ -255,7 +262,13 @@ impl Engine {
         if event.time > self.state.max_event_time {
             self.state.max_event_time = event.time;
         }
-        out.extend(self.advance(self.state.max_event_time - self.settings.allowed_lateness_ms));
+        out.extend(
+            self.advance(
+                self.state
+                    .max_event_time
+                    .saturating_sub(self.settings.allowed_lateness_ms),
+            ),
+        );
         out
     }
 
@@ -269,7 +282,10 @@ impl Engine {
         self.state.watermark = watermark;
         // Close in event-time order (the index's order) so suppression
         // chains form the same way whatever order events arrived in.
-        let still_open = self.state.open.split_off(&(watermark + 1, String::new()));
+        let still_open = self
+            .state
+            .open
+            .split_off(&(watermark.saturating_add(1), String::new()));
         let closing = std::mem::replace(&mut self.state.open, still_open);
         let mut out = Vec::new();
         for (end, id) in closing {
@@ -281,8 +297,11 @@ impl Engine {
                 out.push(f);
             }
         }
-        let horizon = watermark - self.settings.late_retention_ms;
-        let kept = self.state.closed.split_off(&(horizon + 1, String::new()));
+        let horizon = watermark.saturating_sub(self.settings.late_retention_ms);
+        let kept = self
+            .state
+            .closed
+            .split_off(&(horizon.saturating_add(1), String::new()));
         let forgotten = std::mem::replace(&mut self.state.closed, kept);
         for (_, id) in &forgotten {
             self.state.windows.remove(id);
@@ -291,12 +310,19 @@ impl Engine {
             // Findings nothing can update any more (no window left, past any
             // suppression period) leave the state; they are on the bus.
             let suppress = self.rules.iter().map(|r| r.suppress_ms).max().unwrap_or(0);
-            let live: std::collections::HashSet<&String> = self.state.windows.values().filter_map(|w| w.finding.as_ref()).collect();
+            let live: std::collections::HashSet<&String> = self
+                .state
+                .windows
+                .values()
+                .filter_map(|w| w.finding.as_ref())
+                .collect();
             let keep: std::collections::BTreeMap<String, Finding> = self
                 .state
                 .findings
                 .iter()
-                .filter(|(id, f)| live.contains(id) || f.window_end + suppress > horizon)
+                .filter(|(id, f)| {
+                    live.contains(id) || f.window_end.saturating_add(suppress) > horizon
+                })
                 .map(|(id, f)| (id.clone(), f.clone()))
                 .collect();
             self.state.findings = keep;
@@ -321,7 +347,7 @@ impl Engine {
             let latest = self.state.latest.get(&chain_key)?;
             let f = self.state.findings.get(latest)?;
             (rule.suppress_ms > 0
-                && window.start < f.window_end + rule.suppress_ms
+                && window.start < f.window_end.saturating_add(rule.suppress_ms)
                 && window.start >= f.window_start)
                 .then(|| latest.clone())
         });
@@ -709,6 +735,15 @@ mod tests {
             let start = window_start(time, size);
             prop_assert!(start <= time && time < start + size);
             prop_assert_eq!(start.rem_euclid(size), 0);
+        }
+
+        #[test]
+        fn extreme_times_never_overflow(time in proptest::num::i64::ANY) {
+            let mut e = engine();
+            e.ingest("acme", &login("x", time, "203.0.113.7", "bob", false));
+            e.ingest("acme", &login("y", i64::MIN, "203.0.113.7", "bob", false));
+            e.advance(i64::MAX);
+            prop_assert_eq!(e.state.watermark, i64::MAX);
         }
 
         #[test]

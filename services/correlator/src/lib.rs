@@ -24,7 +24,11 @@ pub use service::{Correlator, CorrelatorError};
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     /// The rule file (TOML); re-read on SIGHUP.
-    #[arg(long, env = "VIGIL_CORRELATOR_RULES", default_value = "deploy/rules.toml")]
+    #[arg(
+        long,
+        env = "VIGIL_CORRELATOR_RULES",
+        default_value = "deploy/rules.toml"
+    )]
     pub rules: PathBuf,
     /// This instance's partition, 0-based.
     #[arg(long, env = "VIGIL_CORRELATOR_PARTITION", default_value_t = 0)]
@@ -33,30 +37,74 @@ pub struct Config {
     #[arg(long, env = "VIGIL_CORRELATOR_PARTITIONS", default_value_t = 1)]
     pub partitions: u32,
     /// How far the watermark trails the newest event time.
-    #[arg(long, env = "VIGIL_CORRELATOR_ALLOWED_LATENESS_MS", default_value_t = 30_000)]
+    #[arg(
+        long,
+        env = "VIGIL_CORRELATOR_ALLOWED_LATENESS_MS",
+        default_value_t = 30_000
+    )]
     pub allowed_lateness_ms: i64,
     /// How long (event time) closed windows stay open to late events.
-    #[arg(long, env = "VIGIL_CORRELATOR_LATE_RETENTION_SECS", default_value_t = 3600)]
+    #[arg(
+        long,
+        env = "VIGIL_CORRELATOR_LATE_RETENTION_SECS",
+        default_value_t = 3600
+    )]
     pub late_retention_secs: i64,
     /// With no events for this long, event time advances with wall time.
-    #[arg(long, env = "VIGIL_CORRELATOR_IDLE_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(
+        long,
+        env = "VIGIL_CORRELATOR_IDLE_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
     pub idle_timeout_ms: u64,
-    #[arg(long, env = "VIGIL_CORRELATOR_BATCH_MAX_MESSAGES", default_value_t = 200)]
+    #[arg(
+        long,
+        env = "VIGIL_CORRELATOR_BATCH_MAX_MESSAGES",
+        default_value_t = 200
+    )]
     pub batch_max_messages: usize,
-    #[arg(long, env = "VIGIL_CORRELATOR_BATCH_MAX_WAIT_MS", default_value_t = 100)]
+    #[arg(
+        long,
+        env = "VIGIL_CORRELATOR_BATCH_MAX_WAIT_MS",
+        default_value_t = 100
+    )]
     pub batch_max_wait_ms: u64,
-    #[arg(long, env = "VIGIL_CORRELATOR_HEALTH_LISTEN", default_value = "127.0.0.1:4464")]
+    #[arg(
+        long,
+        env = "VIGIL_CORRELATOR_HEALTH_LISTEN",
+        default_value = "127.0.0.1:4464"
+    )]
     pub health_listen: SocketAddr,
     /// Prometheus `/metrics`.
-    #[arg(long, env = "VIGIL_CORRELATOR_METRICS_LISTEN", default_value = "127.0.0.1:4465")]
+    #[arg(
+        long,
+        env = "VIGIL_CORRELATOR_METRICS_LISTEN",
+        default_value = "127.0.0.1:4465"
+    )]
     pub metrics_listen: SocketAddr,
-    #[arg(long, env = "VIGIL_CORRELATOR_NATS_URL", default_value = "tls://127.0.0.1:4333")]
+    #[arg(
+        long,
+        env = "VIGIL_CORRELATOR_NATS_URL",
+        default_value = "tls://127.0.0.1:4333"
+    )]
     pub nats_url: String,
-    #[arg(long, env = "VIGIL_CORRELATOR_NATS_CA", default_value = "certs/out/ca.crt")]
+    #[arg(
+        long,
+        env = "VIGIL_CORRELATOR_NATS_CA",
+        default_value = "certs/out/ca.crt"
+    )]
     pub nats_ca: PathBuf,
-    #[arg(long, env = "VIGIL_CORRELATOR_NATS_CERT", default_value = "certs/out/nats/correlator.crt")]
+    #[arg(
+        long,
+        env = "VIGIL_CORRELATOR_NATS_CERT",
+        default_value = "certs/out/nats/correlator.crt"
+    )]
     pub nats_cert: PathBuf,
-    #[arg(long, env = "VIGIL_CORRELATOR_NATS_KEY", default_value = "certs/out/nats/correlator.key")]
+    #[arg(
+        long,
+        env = "VIGIL_CORRELATOR_NATS_KEY",
+        default_value = "certs/out/nats/correlator.key"
+    )]
     pub nats_key: PathBuf,
 }
 
@@ -79,13 +127,22 @@ impl Config {
         }
         let max = vigil_common::subjects::MAX_CORRELATOR_PARTITIONS;
         if !(1..=max).contains(&self.partitions) {
-            errors.add("VIGIL_CORRELATOR_PARTITIONS", format_args!("must be 1 to {max}"));
+            errors.add(
+                "VIGIL_CORRELATOR_PARTITIONS",
+                format_args!("must be 1 to {max}"),
+            );
         }
         if self.partition >= self.partitions {
-            errors.add("VIGIL_CORRELATOR_PARTITION", "must be below VIGIL_CORRELATOR_PARTITIONS");
+            errors.add(
+                "VIGIL_CORRELATOR_PARTITION",
+                "must be below VIGIL_CORRELATOR_PARTITIONS",
+            );
         }
         if self.allowed_lateness_ms < 0 {
-            errors.add("VIGIL_CORRELATOR_ALLOWED_LATENESS_MS", "must not be negative");
+            errors.add(
+                "VIGIL_CORRELATOR_ALLOWED_LATENESS_MS",
+                "must not be negative",
+            );
         }
         if self.idle_timeout_ms < 100 {
             errors.add("VIGIL_CORRELATOR_IDLE_TIMEOUT_MS", "must be at least 100");
@@ -109,7 +166,9 @@ pub enum BuildError {
 pub async fn build(config: &Config) -> Result<Correlator, BuildError> {
     config.validate()?;
     let bind = |addr: SocketAddr| async move {
-        tokio::net::TcpListener::bind(addr).await.map_err(|source| CorrelatorError::Bind { addr, source })
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| CorrelatorError::Bind { addr, source })
     };
     let parts = service::Parts {
         rules_path: config.rules.clone(),

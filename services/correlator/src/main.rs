@@ -4,7 +4,10 @@
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(version, about = "vigil correlator: event-time detection rules over EVENTS")]
+#[command(
+    version,
+    about = "vigil correlator: event-time detection rules over EVENTS"
+)]
 struct Cli {
     #[command(flatten)]
     config: vigil_correlator::Config,
@@ -33,7 +36,10 @@ async fn main() -> std::process::ExitCode {
         metrics = %correlator.metrics_addr().map(|a| a.to_string()).unwrap_or_default(),
         "correlator consuming"
     );
-    match correlator.run_until_stopped(vigil_common::shutdown::on_signal()).await {
+    match correlator
+        .run_until_stopped(vigil_common::shutdown::on_signal())
+        .await
+    {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "correlator failed");

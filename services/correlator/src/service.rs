@@ -50,7 +50,14 @@ pub fn to_proto(f: &Finding) -> FindingPb {
         severity_id: f.severity_id,
         technique: f.technique.clone(),
         tenant: f.tenant.clone(),
-        group_key: f.group_key.iter().map(|(field, value)| KeyPart { field: field.clone(), value: value.clone() }).collect(),
+        group_key: f
+            .group_key
+            .iter()
+            .map(|(field, value)| KeyPart {
+                field: field.clone(),
+                value: value.clone(),
+            })
+            .collect(),
         window_start: f.window_start,
         window_end: f.window_end,
         count: u32::try_from(f.count).unwrap_or(u32::MAX),
@@ -70,13 +77,22 @@ pub enum CorrelatorError {
     #[error("checkpoint in {key} is unreadable: {reason}")]
     Checkpoint { key: String, reason: String },
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: std::net::SocketAddr, source: std::io::Error },
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Loads and validates a rule file.
 pub fn load_rules(path: &std::path::Path) -> Result<Vec<rules::Rule>, CorrelatorError> {
-    let text = std::fs::read_to_string(path).map_err(|e| CorrelatorError::Rules { path: path.display().to_string(), reason: e.to_string() })?;
-    rules::parse(&text).map_err(|e| CorrelatorError::Rules { path: path.display().to_string(), reason: e.to_string() })
+    let text = std::fs::read_to_string(path).map_err(|e| CorrelatorError::Rules {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    rules::parse(&text).map_err(|e| CorrelatorError::Rules {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
 }
 
 /// Counters the metrics endpoint reports.
@@ -95,12 +111,42 @@ impl Counters {
         use vigil_common::metrics::{Sample, render};
         let n = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
         render(&[
-            Sample { name: "vigil_correlator_events_total", help: "Events absorbed by this partition.", kind: "counter", value: n(&self.events) },
-            Sample { name: "vigil_correlator_findings_total", help: "Finding versions published.", kind: "counter", value: n(&self.findings) },
-            Sample { name: "vigil_correlator_late_events_total", help: "Events that arrived after their window closed.", kind: "counter", value: n(&self.late_events) },
-            Sample { name: "vigil_correlator_dropped_late_events_total", help: "Late events whose window was already forgotten.", kind: "counter", value: n(&self.dropped_late_events) },
-            Sample { name: "vigil_correlator_undecodable_messages_total", help: "Messages that were not an EventBatch.", kind: "counter", value: n(&self.undecodable) },
-            Sample { name: "vigil_correlator_watermark_seconds", help: "Event-time watermark.", kind: "gauge", value: self.watermark_ms.load(Ordering::Relaxed) as f64 / 1000.0 },
+            Sample {
+                name: "vigil_correlator_events_total",
+                help: "Events absorbed by this partition.",
+                kind: "counter",
+                value: n(&self.events),
+            },
+            Sample {
+                name: "vigil_correlator_findings_total",
+                help: "Finding versions published.",
+                kind: "counter",
+                value: n(&self.findings),
+            },
+            Sample {
+                name: "vigil_correlator_late_events_total",
+                help: "Events that arrived after their window closed.",
+                kind: "counter",
+                value: n(&self.late_events),
+            },
+            Sample {
+                name: "vigil_correlator_dropped_late_events_total",
+                help: "Late events whose window was already forgotten.",
+                kind: "counter",
+                value: n(&self.dropped_late_events),
+            },
+            Sample {
+                name: "vigil_correlator_undecodable_messages_total",
+                help: "Messages that were not an EventBatch.",
+                kind: "counter",
+                value: n(&self.undecodable),
+            },
+            Sample {
+                name: "vigil_correlator_watermark_seconds",
+                help: "Event-time watermark.",
+                kind: "gauge",
+                value: self.watermark_ms.load(Ordering::Relaxed) as f64 / 1000.0,
+            },
         ])
     }
 }
@@ -135,20 +181,49 @@ impl Correlator {
         let consumer: PullConsumer = js
             .get_consumer_from_stream(&name, subjects::EVENTS_STREAM)
             .await
-            .map_err(|e| CorrelatorError::Setup { what: format!("consumer {name} on EVENTS"), reason: e.to_string() })?;
+            .map_err(|e| CorrelatorError::Setup {
+                what: format!("consumer {name} on EVENTS"),
+                reason: e.to_string(),
+            })?;
         let bucket = js
             .get_key_value(subjects::CORRELATOR_BUCKET)
             .await
-            .map_err(|e| CorrelatorError::Setup { what: format!("bucket {}", subjects::CORRELATOR_BUCKET), reason: e.to_string() })?;
+            .map_err(|e| CorrelatorError::Setup {
+                what: format!("bucket {}", subjects::CORRELATOR_BUCKET),
+                reason: e.to_string(),
+            })?;
         let key = subjects::correlator_checkpoint_key(parts.partition);
         let state = match bucket.get(&key).await {
-            Ok(Some(bytes)) => serde_json::from_slice::<State>(&bytes).map_err(|e| CorrelatorError::Checkpoint { key: key.clone(), reason: e.to_string() })?,
+            Ok(Some(bytes)) => serde_json::from_slice::<State>(&bytes).map_err(|e| {
+                CorrelatorError::Checkpoint {
+                    key: key.clone(),
+                    reason: e.to_string(),
+                }
+            })?,
             Ok(None) => State::default(),
-            Err(e) => return Err(CorrelatorError::Setup { what: format!("checkpoint {key}"), reason: e.to_string() }),
+            Err(e) => {
+                return Err(CorrelatorError::Setup {
+                    what: format!("checkpoint {key}"),
+                    reason: e.to_string(),
+                });
+            }
         };
-        tracing::info!(partition = parts.partition, watermark = state.watermark, rules = rules.len(), "restored checkpoint");
+        tracing::info!(
+            partition = parts.partition,
+            watermark = state.watermark,
+            rules = rules.len(),
+            "restored checkpoint"
+        );
         let engine = Engine::new(rules, parts.settings.clone(), state);
-        Ok(Self { parts, nats, js, consumer, bucket, engine, counters: Arc::new(Counters::default()) })
+        Ok(Self {
+            parts,
+            nats,
+            js,
+            consumer,
+            bucket,
+            engine,
+            counters: Arc::new(Counters::default()),
+        })
     }
 
     pub fn health_addr(&self) -> std::io::Result<std::net::SocketAddr> {
@@ -159,19 +234,53 @@ impl Correlator {
         self.parts.metrics_listener.local_addr()
     }
 
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), CorrelatorError> {
-        let Correlator { parts, nats, js, consumer, bucket, mut engine, counters } = self;
-        let Parts { rules_path, partition, partitions, idle_timeout, batch_max_messages, batch_max_wait, health_listener, metrics_listener, settings } = parts;
+    pub async fn run_until_stopped(
+        self,
+        shutdown: CancellationToken,
+    ) -> Result<(), CorrelatorError> {
+        let Correlator {
+            parts,
+            nats,
+            js,
+            consumer,
+            bucket,
+            mut engine,
+            counters,
+        } = self;
+        let Parts {
+            rules_path,
+            partition,
+            partitions,
+            idle_timeout,
+            batch_max_messages,
+            batch_max_wait,
+            health_listener,
+            metrics_listener,
+            settings,
+        } = parts;
         let (health, health_task) = vigil_common::health::serve(health_listener, shutdown.clone());
-        health.set_service_status(HEALTH_SERVICE, tonic_health::ServingStatus::Serving).await;
+        health
+            .set_service_status(HEALTH_SERVICE, tonic_health::ServingStatus::Serving)
+            .await;
         let metrics_counters = counters.clone();
-        let metrics_task = tokio::spawn(vigil_common::metrics::serve(metrics_listener, shutdown.clone(), move || metrics_counters.render()));
+        let metrics_task = tokio::spawn(vigil_common::metrics::serve(
+            metrics_listener,
+            shutdown.clone(),
+            move || metrics_counters.render(),
+        ));
         let key = subjects::correlator_checkpoint_key(partition);
         let mut hangup = hangup_signal();
         let mut last_arrival = Instant::now();
         let mut idle_tick = tokio::time::interval(idle_timeout / 2);
+        let mut outcome = Ok(());
         'outer: while !shutdown.is_cancelled() {
-            let mut messages = match consumer.stream().max_messages_per_batch(1000).heartbeat(Duration::from_secs(5)).messages().await {
+            let mut messages = match consumer
+                .stream()
+                .max_messages_per_batch(1000)
+                .heartbeat(Duration::from_secs(5))
+                .messages()
+                .await
+            {
                 Ok(m) => m,
                 Err(error) => {
                     tracing::warn!(%error, "cannot pull from jetstream, retrying");
@@ -199,11 +308,17 @@ impl Correlator {
                         // time advance with wall time since the last event.
                         if last_arrival.elapsed() >= idle_timeout && engine.state.max_event_time > 0 {
                             let elapsed = i64::try_from(last_arrival.elapsed().as_millis()).unwrap_or(i64::MAX);
-                            let watermark = engine.state.max_event_time - settings.allowed_lateness_ms + elapsed;
+                            let watermark = engine.state.max_event_time.saturating_sub(settings.allowed_lateness_ms).saturating_add(elapsed);
                             let findings = engine.advance(watermark);
-                            if !findings.is_empty() {
-                                if let Err(error) = commit(&js, &bucket, &key, &engine, &findings, &counters).await {
-                                    tracing::warn!(%error, "cannot publish idle-closed findings; will retry from the checkpoint");
+                            if !findings.is_empty()
+                                && let Err(error) = commit(&js, &bucket, &key, &engine, &findings, &counters).await
+                            {
+                                // Back to the checkpoint: the windows close
+                                // again on the next tick.
+                                tracing::warn!(%error, "cannot publish idle-closed findings; back to the last checkpoint");
+                                if let Err(error) = restore(&mut engine, &bucket, &key, &settings).await {
+                                    outcome = Err(error);
+                                    break 'outer;
                                 }
                             }
                         }
@@ -236,7 +351,11 @@ impl Correlator {
                         continue;
                     };
                     for event in &batch.events {
-                        let tenant = event.metadata.as_ref().map(|m| m.tenant.as_str()).unwrap_or_default();
+                        let tenant = event
+                            .metadata
+                            .as_ref()
+                            .map(|m| m.tenant.as_str())
+                            .unwrap_or_default();
                         if tenant.is_empty() || partition_of(tenant, partitions) != partition {
                             continue;
                         }
@@ -257,24 +376,26 @@ impl Correlator {
                         // from the last checkpoint so state matches it.
                         tracing::warn!(%error, "commit failed; replaying from the last checkpoint");
                         for message in &pending {
-                            let _ = message.ack_with(jetstream::AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                            let _ = message
+                                .ack_with(jetstream::AckKind::Nak(Some(Duration::from_secs(1))))
+                                .await;
                         }
-                        if let Ok(Some(bytes)) = bucket.get(&key).await {
-                            if let Ok(state) = serde_json::from_slice::<State>(&bytes) {
-                                let rules = engine.rules().to_vec();
-                                engine = Engine::new(rules, settings.clone(), state);
-                            }
+                        if let Err(error) = restore(&mut engine, &bucket, &key, &settings).await {
+                            outcome = Err(error);
+                            break 'outer;
                         }
                     }
                 }
             }
         }
-        health.set_service_status(HEALTH_SERVICE, tonic_health::ServingStatus::NotServing).await;
+        health
+            .set_service_status(HEALTH_SERVICE, tonic_health::ServingStatus::NotServing)
+            .await;
         let _ = nats.flush().await;
         let _ = health_task.await;
         let _ = metrics_task.await;
         tracing::info!("correlator stopped");
-        Ok(())
+        outcome
     }
 }
 
@@ -294,18 +415,58 @@ async fn commit(
             .message_id(format!("{}-v{}", f.id, f.version))
             .header("Content-Type", PROTOBUF_CONTENT_TYPE)
             .header(MESSAGE_TYPE_HEADER, "vigil.finding.v1.Finding");
-        let ack = js.send_publish(subjects::findings_subject(&f.tenant, &f.rule_id), publish).await.map_err(|e| e.to_string())?;
+        let ack = js
+            .send_publish(subjects::findings_subject(&f.tenant, &f.rule_id), publish)
+            .await
+            .map_err(|e| e.to_string())?;
         acks.push(ack.into_future());
     }
     for ack in futures::future::join_all(acks).await {
         ack.map_err(|e| e.to_string())?;
     }
     let state = serde_json::to_vec(&engine.state).map_err(|e| e.to_string())?;
-    bucket.put(key, Bytes::from(state)).await.map_err(|e| e.to_string())?;
-    counters.findings.fetch_add(findings.len() as u64, Ordering::Relaxed);
-    counters.late_events.store(engine.state.late_events, Ordering::Relaxed);
-    counters.dropped_late_events.store(engine.state.dropped_late_events, Ordering::Relaxed);
-    counters.watermark_ms.store(engine.state.watermark, Ordering::Relaxed);
+    bucket
+        .put(key, Bytes::from(state))
+        .await
+        .map_err(|e| e.to_string())?;
+    counters
+        .findings
+        .fetch_add(findings.len() as u64, Ordering::Relaxed);
+    counters
+        .late_events
+        .store(engine.state.late_events, Ordering::Relaxed);
+    counters
+        .dropped_late_events
+        .store(engine.state.dropped_late_events, Ordering::Relaxed);
+    counters
+        .watermark_ms
+        .store(engine.state.watermark, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Replaces the engine's state with the last checkpoint (after a failed
+/// commit, so state never runs ahead of what is published and
+/// acknowledged). If the checkpoint cannot be read the correlator must
+/// stop: continuing could lose the findings of the failed commit.
+async fn restore(
+    engine: &mut Engine,
+    bucket: &kv::Store,
+    key: &str,
+    settings: &Settings,
+) -> Result<(), CorrelatorError> {
+    let unreadable = |reason: String| CorrelatorError::Checkpoint {
+        key: key.to_owned(),
+        reason,
+    };
+    let state = match bucket.get(key).await {
+        Ok(Some(bytes)) => {
+            serde_json::from_slice::<State>(&bytes).map_err(|e| unreadable(e.to_string()))?
+        }
+        Ok(None) => State::default(),
+        Err(e) => return Err(unreadable(e.to_string())),
+    };
+    let rules = engine.rules().to_vec();
+    *engine = Engine::new(rules, settings.clone(), state);
     Ok(())
 }
 

@@ -58,7 +58,10 @@ impl FindingQuery {
     pub fn parse(request: &ListFindingsRequest) -> Result<Self, ApiError> {
         let mut violations = Vec::new();
         if !(0..=6).contains(&request.min_severity) {
-            violations.push(FieldViolation::new("min_severity", format!("{} is not a severity from 0 to 6", request.min_severity)));
+            violations.push(FieldViolation::new(
+                "min_severity",
+                format!("{} is not a severity from 0 to 6", request.min_severity),
+            ));
         }
         if request.rule_id.len() > 64 {
             violations.push(FieldViolation::new("rule_id", "at most 64 bytes"));
@@ -201,10 +204,18 @@ fn filter_hash(
 /// `v1.<time ms>.<event id>.<filter hash>`, base64url. The hash ties a token
 /// to the filters it was issued for.
 fn encode_token(time: DateTime<Utc>, id: &str, filter_hash: &str) -> String {
-    URL_SAFE_NO_PAD.encode(format!("v1.{}.{}.{}", time.timestamp_millis(), id, filter_hash))
+    URL_SAFE_NO_PAD.encode(format!(
+        "v1.{}.{}.{}",
+        time.timestamp_millis(),
+        id,
+        filter_hash
+    ))
 }
 
-fn decode_token<I: std::str::FromStr>(token: &str, filter_hash: &str) -> Result<(DateTime<Utc>, I), &'static str> {
+fn decode_token<I: std::str::FromStr>(
+    token: &str,
+    filter_hash: &str,
+) -> Result<(DateTime<Utc>, I), &'static str> {
     const MALFORMED: &str = "malformed page token";
     if token.len() > 256 {
         return Err(MALFORMED);
@@ -321,7 +332,11 @@ pub async fn list_events(
 }
 
 /// Findings newest first by (window end, id), one page.
-pub async fn list_findings(pool: &PgPool, scope: &TenantScope, query: &FindingQuery) -> Result<ListFindingsResponse, ApiError> {
+pub async fn list_findings(
+    pool: &PgPool,
+    scope: &TenantScope,
+    query: &FindingQuery,
+) -> Result<ListFindingsResponse, ApiError> {
     let tenant = match scope {
         TenantScope::All => "$1::text[] IS NULL",
         TenantScope::Only(t) if t.len() == 1 => "tenant = ($1::text[])[1]",
@@ -361,18 +376,28 @@ pub async fn list_findings(pool: &PgPool, scope: &TenantScope, query: &FindingQu
         let payload: Vec<u8> = row.try_get("payload").map_err(db_error)?;
         let end: DateTime<Utc> = row.try_get("window_end").map_err(db_error)?;
         let id: String = row.try_get("finding_id").map_err(db_error)?;
-        findings.push(Finding::decode(payload.as_slice()).map_err(|e| ApiError::Internal(format!("stored finding {id}: {e}")))?);
+        findings.push(
+            Finding::decode(payload.as_slice())
+                .map_err(|e| ApiError::Internal(format!("stored finding {id}: {e}")))?,
+        );
         last = Some((end, id));
     }
     let next_page_token = match (more, last) {
         (true, Some((end, id))) => encode_token(end, &id, &query.filter_hash),
         _ => String::new(),
     };
-    Ok(ListFindingsResponse { findings, next_page_token })
+    Ok(ListFindingsResponse {
+        findings,
+        next_page_token,
+    })
 }
 
 /// One finding with its stored contributing events, or NOT_FOUND.
-pub async fn get_finding(pool: &PgPool, scope: &TenantScope, request: &GetFindingRequest) -> Result<GetFindingResponse, ApiError> {
+pub async fn get_finding(
+    pool: &PgPool,
+    scope: &TenantScope,
+    request: &GetFindingRequest,
+) -> Result<GetFindingResponse, ApiError> {
     let id = request.finding_id.as_str();
     if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_hexdigit()) {
         return Err(ApiError::invalid("finding_id", "not a finding id"));
@@ -385,8 +410,13 @@ pub async fn get_finding(pool: &PgPool, scope: &TenantScope, request: &GetFindin
         .map_err(db_error)?
         .ok_or_else(|| ApiError::NotFound(format!("finding {id}")))?;
     let payload: Vec<u8> = row.try_get("payload").map_err(db_error)?;
-    let finding = Finding::decode(payload.as_slice()).map_err(|e| ApiError::Internal(format!("stored finding {id}: {e}")))?;
-    let ids: Vec<uuid::Uuid> = finding.event_ids.iter().filter_map(|i| uuid::Uuid::parse_str(i).ok()).collect();
+    let finding = Finding::decode(payload.as_slice())
+        .map_err(|e| ApiError::Internal(format!("stored finding {id}: {e}")))?;
+    let ids: Vec<uuid::Uuid> = finding
+        .event_ids
+        .iter()
+        .filter_map(|i| uuid::Uuid::parse_str(i).ok())
+        .collect();
     let rows = sqlx::query("SELECT payload FROM events WHERE tenant = $1 AND event_id = ANY($2) ORDER BY time, event_id")
         .bind(&finding.tenant)
         .bind(ids)
@@ -396,9 +426,15 @@ pub async fn get_finding(pool: &PgPool, scope: &TenantScope, request: &GetFindin
     let mut events = Vec::with_capacity(rows.len());
     for row in rows {
         let payload: Vec<u8> = row.try_get("payload").map_err(db_error)?;
-        events.push(SecurityEvent::decode(payload.as_slice()).map_err(|e| ApiError::Internal(format!("stored event: {e}")))?);
+        events.push(
+            SecurityEvent::decode(payload.as_slice())
+                .map_err(|e| ApiError::Internal(format!("stored event: {e}")))?,
+        );
     }
-    Ok(GetFindingResponse { finding: Some(finding), events })
+    Ok(GetFindingResponse {
+        finding: Some(finding),
+        events,
+    })
 }
 
 /// One event by id, or NOT_FOUND (also when it is outside the scope).

@@ -63,14 +63,24 @@ impl QueryService for QueryApi {
         Ok(Response::new(GetEventResponse { event: Some(event) }))
     }
 
-    async fn list_findings(&self, request: Request<ListFindingsRequest>) -> Result<Response<ListFindingsResponse>, Status> {
+    async fn list_findings(
+        &self,
+        request: Request<ListFindingsRequest>,
+    ) -> Result<Response<ListFindingsResponse>, Status> {
         let scope = caller_scope(&request)?;
         let query = FindingQuery::parse(request.get_ref())?;
-        Ok(Response::new(query::list_findings(&self.pool, &scope, &query).await?))
+        Ok(Response::new(
+            query::list_findings(&self.pool, &scope, &query).await?,
+        ))
     }
 
-    async fn get_finding(&self, request: Request<GetFindingRequest>) -> Result<Response<GetFindingResponse>, Status> {
+    async fn get_finding(
+        &self,
+        request: Request<GetFindingRequest>,
+    ) -> Result<Response<GetFindingResponse>, Status> {
         let scope = caller_scope(&request)?;
-        Ok(Response::new(query::get_finding(&self.pool, &scope, request.get_ref()).await?))
+        Ok(Response::new(
+            query::get_finding(&self.pool, &scope, request.get_ref()).await?,
+        ))
     }
 }

@@ -25,7 +25,9 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use vigil_common::config::{ConfigErrors, InvalidConfig, NatsSettings};
-use vigil_common::subjects::{EVENTS_STREAM, FINDINGS_STREAM, WRITER_CONSUMER, WRITER_FINDINGS_CONSUMER};
+use vigil_common::subjects::{
+    EVENTS_STREAM, FINDINGS_STREAM, WRITER_CONSUMER, WRITER_FINDINGS_CONSUMER,
+};
 
 pub use store::MIGRATOR;
 
@@ -226,7 +228,13 @@ impl Writer {
             health.clone(),
             shutdown.clone(),
         );
-        let events = consume(consumer, delivery, batching, health.clone(), shutdown.clone());
+        let events = consume(
+            consumer,
+            delivery,
+            batching,
+            health.clone(),
+            shutdown.clone(),
+        );
         tokio::join!(events, findings);
         health
             .set_service_status(HEALTH_SERVICE, tonic_health::ServingStatus::NotServing)

@@ -138,17 +138,25 @@ impl Sink {
     pub fn decode(self, payload: &[u8]) -> Result<Vec<Record>, String> {
         match self {
             Sink::Events => {
-                let batch = EventBatch::decode(payload).map_err(|e| format!("not a vigil.event.v1.EventBatch: {e}"))?;
+                let batch = EventBatch::decode(payload)
+                    .map_err(|e| format!("not a vigil.event.v1.EventBatch: {e}"))?;
                 batch
                     .events
                     .into_iter()
                     .enumerate()
-                    .map(|(i, e)| Row::try_from(e).map(Record::Event).map_err(|error| format!("events[{i}]: {error}")))
+                    .map(|(i, e)| {
+                        Row::try_from(e)
+                            .map(Record::Event)
+                            .map_err(|error| format!("events[{i}]: {error}"))
+                    })
                     .collect()
             }
             Sink::Findings => {
-                let finding = Finding::decode(payload).map_err(|e| format!("not a vigil.finding.v1.Finding: {e}"))?;
-                Ok(vec![Record::Finding(FindingRow::try_from(finding).map_err(|e| e.to_string())?)])
+                let finding = Finding::decode(payload)
+                    .map_err(|e| format!("not a vigil.finding.v1.Finding: {e}"))?;
+                Ok(vec![Record::Finding(
+                    FindingRow::try_from(finding).map_err(|e| e.to_string())?,
+                )])
             }
         }
     }
@@ -172,16 +180,21 @@ impl TryFrom<Finding> for FindingRow {
     type Error = RowError;
 
     fn try_from(f: Finding) -> Result<Self, RowError> {
-        let time = |ms: i64, what: &str| DateTime::from_timestamp_millis(ms).ok_or_else(|| RowError(format!("{what} {ms} out of range")));
+        let time = |ms: i64, what: &str| {
+            DateTime::from_timestamp_millis(ms)
+                .ok_or_else(|| RowError(format!("{what} {ms} out of range")))
+        };
         if f.tenant.is_empty() || f.finding_id.is_empty() {
             return Err(RowError("finding without tenant or id".into()));
         }
         Ok(FindingRow {
             tenant: f.tenant.clone(),
             finding_id: f.finding_id.clone(),
-            version: i32::try_from(f.version).map_err(|_| RowError("version out of range".into()))?,
+            version: i32::try_from(f.version)
+                .map_err(|_| RowError("version out of range".into()))?,
             rule_id: f.rule_id.clone(),
-            severity_id: i16::try_from(f.severity_id).map_err(|_| RowError("severity_id out of range".into()))?,
+            severity_id: i16::try_from(f.severity_id)
+                .map_err(|_| RowError("severity_id out of range".into()))?,
             window_start: time(f.window_start, "window_start")?,
             window_end: time(f.window_end, "window_end")?,
             count: i32::try_from(f.count).map_err(|_| RowError("count out of range".into()))?,
@@ -193,8 +206,15 @@ impl TryFrom<Finding> for FindingRow {
 /// Stores events (skipping known ones) and findings (keeping the newest
 /// version) in one transaction.
 pub async fn insert(pool: &PgPool, records: &[Record]) -> Result<u64, sqlx::Error> {
-    let events: Vec<Row> = records.iter().filter_map(|r| match r { Record::Event(e) => Some(e.clone()), _ => None }).collect();
-    let mut newest: std::collections::BTreeMap<(String, String), FindingRow> = std::collections::BTreeMap::new();
+    let events: Vec<Row> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Event(e) => Some(e.clone()),
+            _ => None,
+        })
+        .collect();
+    let mut newest: std::collections::BTreeMap<(String, String), FindingRow> =
+        std::collections::BTreeMap::new();
     for r in records {
         if let Record::Finding(f) = r {
             let key = (f.tenant.clone(), f.finding_id.clone());
