@@ -269,6 +269,8 @@ impl Drop for TestDb {
 #[derive(Debug, Clone)]
 pub struct MeshOptions {
     pub publish_timeout_secs: u64,
+    /// The correlator's rule file (default: `deploy/rules.toml`).
+    pub rules: Option<PathBuf>,
     pub writer_max_deliveries: i64,
     pub writer_retry_base_ms: u64,
     pub limits: vigil_common::provision::StreamLimits,
@@ -278,6 +280,7 @@ impl Default for MeshOptions {
     fn default() -> Self {
         Self {
             publish_timeout_secs: 5,
+            rules: None,
             writer_max_deliveries: 3,
             writer_retry_base_ms: 50,
             limits: vigil_common::provision::StreamLimits {
@@ -371,7 +374,10 @@ impl Mesh {
             let client = nats_client("correlator");
             correlators.push(
                 vigil_correlator::build(&vigil_correlator::Config {
-                    rules: workspace_root().join("deploy/rules.toml"),
+                    rules: options
+                        .rules
+                        .clone()
+                        .unwrap_or_else(|| workspace_root().join("deploy/rules.toml")),
                     partition,
                     partitions: options.limits.correlator_partitions,
                     allowed_lateness_ms: 2_000,

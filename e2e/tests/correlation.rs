@@ -142,11 +142,7 @@ async fn two_correlators_split_the_tenants_without_missing_or_doubling() -> anyh
     // Both partitions did work (initech hashes to 0, acme and globex to 1).
     for addr in &mesh.correlator_metrics {
         let metrics = http_get(*addr).await?;
-        let events = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("vigil_correlator_events_total "))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0);
+        let events = metric(&metrics, "vigil_correlator_events_total");
         assert!(events > 0.0, "a partition absorbed nothing:\n{metrics}");
     }
     // No finding twice.
@@ -168,4 +164,10 @@ async fn http_get(addr: std::net::SocketAddr) -> anyhow::Result<String> {
     let mut body = String::new();
     stream.read_to_string(&mut body).await?;
     Ok(body)
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(f64::NAN)
 }

@@ -184,8 +184,10 @@ async fn whole_stack_restarted_mid_load() -> anyhow::Result<()> {
     run.stack.gateway.terminate(grace).await?;
     run.stack.reader.terminate(grace).await?;
     run.stack.writer.terminate(grace).await?;
+    run.stack.correlator.terminate(grace).await?;
     run.stack.nats.kill();
     run.stack.nats.spawn().await?;
+    run.stack.correlator.start().await?;
     run.stack.writer.start().await?;
     run.stack.gateway.start().await?;
     run.stack.reader.start().await?;

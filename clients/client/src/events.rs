@@ -143,7 +143,14 @@ fn pick<'a>(rng: &mut impl Rng, items: &'a [&'a str]) -> &'a str {
 /// A plausible event of `kind` at `time_ms`; severities follow what such
 /// an event usually is (most informational, a few high or critical).
 pub fn sample(kind: Kind, rng: &mut impl Rng, time_ms: i64) -> SecurityEvent {
-    let user = pick(rng, USERS);
+    // Mostly one of thousands of ordinary accounts, sometimes a well-known
+    // one: background traffic should rarely add up to an attack by chance.
+    let user = if rng.random_bool(0.05) {
+        pick(rng, USERS).to_owned()
+    } else {
+        format!("user{:04}", rng.random_range(0..5000))
+    };
+    let user = user.as_str();
     let src = ip(rng);
     let mut event = match kind {
         Kind::LoginSuccess => {

@@ -41,6 +41,12 @@ struct Args {
     /// Stop after this many seconds (default: run until Ctrl-C).
     #[arg(long)]
     duration_secs: Option<u64>,
+    /// Instead of steady traffic: inject one attack scenario per tenant
+    /// (brute force, credential compromise, port scan, and near-misses that
+    /// must not trigger) into the last 30 minutes of background traffic,
+    /// write the ground truth (JSON) to this file, and exit.
+    #[arg(long)]
+    scenario_truth: Option<PathBuf>,
 }
 
 #[derive(Default)]
@@ -69,6 +75,9 @@ async fn main() -> anyhow::Result<()> {
         "no device certificates in {}/devices",
         args.certs.display()
     );
+    if let Some(truth) = &args.scenario_truth {
+        return send_scenario(&args, &pki, &devices, truth).await;
+    }
     let per_device = args.rate / devices.len() as f64;
     let interval = Duration::from_secs_f64(args.batch as f64 / per_device);
     tracing::info!(
@@ -171,6 +180,52 @@ async fn run_device(
             Err(PublishError::Refused(status)) => anyhow::bail!("gateway refused: {status}"),
         }
     }
+}
+
+async fn send_scenario(
+    args: &Args,
+    pki: &vigil_certs::Pki,
+    devices: &[(String, String, vigil_certs::CertPaths)],
+    truth_path: &std::path::Path,
+) -> anyhow::Result<()> {
+    let pairs: Vec<(String, String)> = devices
+        .iter()
+        .map(|(t, d, _)| (t.clone(), d.clone()))
+        .collect();
+    let end = chrono_now() - 1_000;
+    let scenario =
+        vigil_client::scenario::generate(&pairs, end - 30 * 60_000, end, 500, rand::random());
+    let mut sent = 0usize;
+    for (tenant, device, paths) in devices {
+        let events: Vec<_> = scenario
+            .events
+            .iter()
+            .filter(|(t, d, _)| t == tenant && d == device)
+            .map(|(_, _, e)| e.clone())
+            .collect();
+        if events.is_empty() {
+            continue;
+        }
+        let files = TlsFiles {
+            ca: pki.ca(),
+            cert: paths.cert.clone(),
+            key: paths.key.clone(),
+        };
+        let mut client =
+            DeviceClient::connect(&args.gateway, &files, RetryPolicy::default()).await?;
+        for chunk in events.chunks(args.batch) {
+            client.publish(chunk.to_vec()).await?;
+            sent += chunk.len();
+        }
+    }
+    std::fs::write(truth_path, serde_json::to_vec_pretty(&scenario.truth)?)?;
+    let attacks = scenario.truth.iter().filter(|t| t.expect_finding).count();
+    println!(
+        "device-sim: sent {sent} scenario events; {attacks} attacks and {} near-misses injected; ground truth in {}",
+        scenario.truth.len() - attacks,
+        truth_path.display()
+    );
+    Ok(())
 }
 
 fn chrono_now() -> i64 {

@@ -34,3 +34,13 @@ pub async fn connect(
             source,
         })
 }
+
+/// Flushes what the client has buffered, giving up after `limit` (on
+/// shutdown NATS may already be gone; a service must still exit).
+pub async fn flush_within(client: &async_nats::Client, limit: Duration) {
+    match tokio::time::timeout(limit, client.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "nats flush on shutdown failed"),
+        Err(_) => tracing::warn!(?limit, "nats flush on shutdown timed out"),
+    }
+}

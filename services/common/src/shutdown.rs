@@ -41,6 +41,9 @@ async fn wait_for_signal() {
 /// 30 s; this leaves room).
 pub const GRACE_PERIOD: std::time::Duration = std::time::Duration::from_secs(20);
 
+/// How long a stopping service waits to flush NATS.
+pub const FLUSH_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Runs `serve` (which stops accepting and drains when `shutdown` fires)
 /// but gives up waiting [`GRACE_PERIOD`] after the signal. Returns `None`
 /// when the grace period ran out.

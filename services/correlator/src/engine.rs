@@ -729,6 +729,38 @@ mod tests {
         }
     }
 
+    #[test]
+    fn reloading_rules_keeps_the_state_of_rules_that_remain() {
+        let mut e = engine();
+        for i in 0..3 {
+            e.ingest(
+                "acme",
+                &login(&format!("a{i}"), T0 + i * 1000, "203.0.113.7", "bob", false),
+            );
+        }
+        // Reload: the same rules minus the port scan.
+        let rules: Vec<Rule> = rules::parse(rules::DEFAULT_RULES)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| r.id != "port-scan")
+            .collect();
+        e.replace_rules(rules);
+        for i in 3..5 {
+            e.ingest(
+                "acme",
+                &login(&format!("a{i}"), T0 + i * 1000, "203.0.113.7", "bob", false),
+            );
+        }
+        let closing = e.ingest("acme", &connection("tick", T0 + 600_000, "10.0.0.1", 80));
+        assert_eq!(
+            closing
+                .iter()
+                .map(|f| (f.rule_id.as_str(), f.count))
+                .collect::<Vec<_>>(),
+            vec![("brute-force", 5)]
+        );
+    }
+
     proptest! {
         #[test]
         fn every_time_falls_in_exactly_its_window(time in -10_000_000_000_000i64..10_000_000_000_000, size in 1i64..100_000_000) {

@@ -104,6 +104,8 @@ pub struct Counters {
     pub dropped_late_events: AtomicU64,
     pub undecodable: AtomicU64,
     pub watermark_ms: AtomicI64,
+    pub rule_reloads: AtomicU64,
+    pub rule_reload_failures: AtomicU64,
 }
 
 impl Counters {
@@ -146,6 +148,18 @@ impl Counters {
                 help: "Event-time watermark.",
                 kind: "gauge",
                 value: self.watermark_ms.load(Ordering::Relaxed) as f64 / 1000.0,
+            },
+            Sample {
+                name: "vigil_correlator_rule_reloads_total",
+                help: "Rule files loaded on SIGHUP.",
+                kind: "counter",
+                value: n(&self.rule_reloads),
+            },
+            Sample {
+                name: "vigil_correlator_rule_reload_failures_total",
+                help: "Rule files refused on SIGHUP (the running rules stayed).",
+                kind: "counter",
+                value: n(&self.rule_reload_failures),
             },
         ])
     }
@@ -298,17 +312,27 @@ impl Correlator {
                             Ok(rules) => {
                                 tracing::info!(rules = rules.len(), "rules reloaded");
                                 engine.replace_rules(rules);
+                                counters.rule_reloads.fetch_add(1, Ordering::Relaxed);
                             }
-                            Err(error) => tracing::error!(%error, "rules file refused; the running rules stay in force"),
+                            Err(error) => {
+                                tracing::error!(%error, "rules file refused; the running rules stay in force");
+                                counters.rule_reload_failures.fetch_add(1, Ordering::Relaxed);
+                            }
                         }
                         continue;
                     }
                     _ = idle_tick.tick() => {
-                        // An idle source must not stall windows: let event
-                        // time advance with wall time since the last event.
+                        // An idle source must not stall windows: with no
+                        // events for `idle_timeout`, the watermark follows
+                        // the wall clock (the gateway keeps event times
+                        // within minutes of it), less the lateness and the
+                        // idle timeout. Events older than that are late:
+                        // counted, and they update the findings they change.
                         if last_arrival.elapsed() >= idle_timeout && engine.state.max_event_time > 0 {
-                            let elapsed = i64::try_from(last_arrival.elapsed().as_millis()).unwrap_or(i64::MAX);
-                            let watermark = engine.state.max_event_time.saturating_sub(settings.allowed_lateness_ms).saturating_add(elapsed);
+                            let idle_ms = i64::try_from(idle_timeout.as_millis()).unwrap_or(i64::MAX);
+                            let watermark = vigil_common::now_millis()
+                                .saturating_sub(settings.allowed_lateness_ms)
+                                .saturating_sub(idle_ms);
                             let findings = engine.advance(watermark);
                             if !findings.is_empty()
                                 && let Err(error) = commit(&js, &bucket, &key, &engine, &findings, &counters).await
@@ -391,7 +415,7 @@ impl Correlator {
         health
             .set_service_status(HEALTH_SERVICE, tonic_health::ServingStatus::NotServing)
             .await;
-        let _ = nats.flush().await;
+        vigil_common::nats::flush_within(&nats, vigil_common::shutdown::FLUSH_LIMIT).await;
         let _ = health_task.await;
         let _ = metrics_task.await;
         tracing::info!("correlator stopped");

@@ -242,9 +242,7 @@ impl Gateway {
         if let Some(result) = vigil_common::shutdown::drain_within(&shutdown, server).await {
             result?;
         }
-        if let Err(error) = self.nats.flush().await {
-            tracing::warn!(%error, "nats flush on shutdown failed");
-        }
+        vigil_common::nats::flush_within(&self.nats, vigil_common::shutdown::FLUSH_LIMIT).await;
         let _ = health_task.await;
         tracing::info!("gateway stopped");
         Ok(())

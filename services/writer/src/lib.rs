@@ -239,9 +239,7 @@ impl Writer {
         health
             .set_service_status(HEALTH_SERVICE, tonic_health::ServingStatus::NotServing)
             .await;
-        if let Err(error) = nats.flush().await {
-            tracing::warn!(%error, "nats flush on shutdown failed");
-        }
+        vigil_common::nats::flush_within(&nats, vigil_common::shutdown::FLUSH_LIMIT).await;
         pool.close().await;
         let _ = health_task.await;
         tracing::info!("writer stopped");
