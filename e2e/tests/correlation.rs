@@ -96,6 +96,26 @@ async fn run_scenario(mesh: &Mesh) -> anyhow::Result<()> {
         assert_eq!(*count, want, "{rule}: duplicates must count once");
     }
 
+    // Paging through findings returns each once.
+    let mut paged = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = analyst
+            .list_findings(ListFindingsRequest { limit: 4, page_token: token.clone(), ..Default::default() })
+            .await?
+            .into_inner();
+        paged.extend(page.findings.into_iter().map(|f| {
+            assert_eq!((f.class_uid, f.category_uid, f.type_uid), (2004, 2, 200_400 + i64::from(f.activity_id)));
+            f.finding_id
+        }));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(paged.len(), 9);
+    assert_eq!(paged.iter().collect::<BTreeSet<_>>().len(), 9);
+
     // A finding carries its evidence.
     let first = analyst
         .list_findings(ListFindingsRequest {

@@ -63,8 +63,14 @@ pub fn to_proto(f: &Finding) -> FindingPb {
         count: u32::try_from(f.count).unwrap_or(u32::MAX),
         event_ids: f.event_ids.clone(),
         time: vigil_common::now_millis(),
+        class_uid: DETECTION_FINDING,
+        category_uid: DETECTION_FINDING / 1000,
+        type_uid: i64::from(DETECTION_FINDING) * 100 + i64::from(f.activity_id),
     }
 }
+
+/// OCSF class of every finding.
+pub const DETECTION_FINDING: i32 = 2004;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CorrelatorError {
