@@ -101,11 +101,18 @@ async fn run_scenario(mesh: &Mesh) -> anyhow::Result<()> {
     let mut token = String::new();
     loop {
         let page = analyst
-            .list_findings(ListFindingsRequest { limit: 4, page_token: token.clone(), ..Default::default() })
+            .list_findings(ListFindingsRequest {
+                limit: 4,
+                page_token: token.clone(),
+                ..Default::default()
+            })
             .await?
             .into_inner();
         paged.extend(page.findings.into_iter().map(|f| {
-            assert_eq!((f.class_uid, f.category_uid, f.type_uid), (2004, 2, 200_400 + i64::from(f.activity_id)));
+            assert_eq!(
+                (f.class_uid, f.category_uid, f.type_uid),
+                (2004, 2, 200_400 + i64::from(f.activity_id))
+            );
             f.finding_id
         }));
         if page.next_page_token.is_empty() {

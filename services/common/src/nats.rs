@@ -44,3 +44,31 @@ pub async fn flush_within(client: &async_nats::Client, limit: Duration) {
         Err(_) => tracing::warn!(?limit, "nats flush on shutdown timed out"),
     }
 }
+
+/// How a consumer groups pulled messages: at most `max_messages`, and no
+/// message waits longer than `max_wait` for the batch to fill.
+#[derive(Debug, Clone, Copy)]
+pub struct Batching {
+    pub max_messages: usize,
+    pub max_wait: Duration,
+}
+
+/// Completes a batch that starts with `first`: takes more messages from
+/// `messages` until the batch is full or `max_wait` has passed.
+pub async fn fill_batch(
+    first: async_nats::jetstream::Message,
+    messages: &mut async_nats::jetstream::consumer::pull::Stream,
+    batching: Batching,
+) -> Vec<async_nats::jetstream::Message> {
+    use futures::StreamExt;
+    let mut batch = vec![first];
+    let deadline = tokio::time::Instant::now() + batching.max_wait;
+    while batch.len() < batching.max_messages {
+        match tokio::time::timeout_at(deadline, messages.next()).await {
+            Ok(Some(Ok(m))) => batch.push(m),
+            Ok(Some(Err(error))) => tracing::warn!(%error, "pull stream error"),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    batch
+}

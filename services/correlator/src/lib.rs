@@ -179,8 +179,10 @@ pub async fn build(config: &Config) -> Result<Correlator, BuildError> {
             late_retention_ms: config.late_retention_secs * 1000,
         },
         idle_timeout: Duration::from_millis(config.idle_timeout_ms),
-        batch_max_messages: config.batch_max_messages.max(1),
-        batch_max_wait: Duration::from_millis(config.batch_max_wait_ms.max(1)),
+        batching: vigil_common::nats::Batching {
+            max_messages: config.batch_max_messages.max(1),
+            max_wait: Duration::from_millis(config.batch_max_wait_ms.max(1)),
+        },
         health_listener: bind(config.health_listen).await?,
         metrics_listener: bind(config.metrics_listen).await?,
     };

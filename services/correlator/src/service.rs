@@ -177,8 +177,7 @@ pub struct Parts {
     pub partitions: u32,
     pub settings: Settings,
     pub idle_timeout: Duration,
-    pub batch_max_messages: usize,
-    pub batch_max_wait: Duration,
+    pub batching: vigil_common::nats::Batching,
     pub health_listener: TcpListener,
     pub metrics_listener: TcpListener,
 }
@@ -272,8 +271,7 @@ impl Correlator {
             partition,
             partitions,
             idle_timeout,
-            batch_max_messages,
-            batch_max_wait,
+            batching,
             health_listener,
             metrics_listener,
             settings,
@@ -356,22 +354,14 @@ impl Correlator {
                     }
                     next = messages.next() => next,
                 };
-                let mut pending = match first {
-                    Some(Ok(m)) => vec![m],
+                let pending = match first {
+                    Some(Ok(m)) => vigil_common::nats::fill_batch(m, &mut messages, batching).await,
                     Some(Err(error)) => {
                         tracing::warn!(%error, "pull stream error");
                         continue;
                     }
                     None => break,
                 };
-                let deadline = tokio::time::Instant::now() + batch_max_wait;
-                while pending.len() < batch_max_messages {
-                    match tokio::time::timeout_at(deadline, messages.next()).await {
-                        Ok(Some(Ok(m))) => pending.push(m),
-                        Ok(Some(Err(error))) => tracing::warn!(%error, "pull stream error"),
-                        Ok(None) | Err(_) => break,
-                    }
-                }
                 last_arrival = Instant::now();
                 let mut findings = Vec::new();
                 for message in &pending {

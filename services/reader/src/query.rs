@@ -57,24 +57,11 @@ pub struct FindingQuery {
 impl FindingQuery {
     pub fn parse(request: &ListFindingsRequest) -> Result<Self, ApiError> {
         let mut violations = Vec::new();
-        if !(0..=6).contains(&request.min_severity) {
-            violations.push(FieldViolation::new(
-                "min_severity",
-                format!("{} is not a severity from 0 to 6", request.min_severity),
-            ));
-        }
+        check_min_severity(request.min_severity, &mut violations);
         if request.rule_id.len() > 64 {
             violations.push(FieldViolation::new("rule_id", "at most 64 bytes"));
         }
-        let time = |ms: i64, field: &str, violations: &mut Vec<FieldViolation>| match ms {
-            0 => None,
-            ms => DateTime::from_timestamp_millis(ms).or_else(|| {
-                violations.push(FieldViolation::new(field, "out of range"));
-                None
-            }),
-        };
-        let start = time(request.start_time, "start_time", &mut violations);
-        let end = time(request.end_time, "end_time", &mut violations);
+        let (start, end) = time_range(request.start_time, request.end_time, &mut violations);
         let filter_hash = filter_hash(
             request.min_severity,
             &[],
@@ -82,17 +69,7 @@ impl FindingQuery {
             request.start_time,
             request.end_time,
         );
-        let after = if request.page_token.is_empty() {
-            None
-        } else {
-            match decode_token(&request.page_token, &filter_hash) {
-                Ok(after) => Some(after),
-                Err(reason) => {
-                    violations.push(FieldViolation::new("page_token", reason));
-                    None
-                }
-            }
-        };
+        let after = page_after(&request.page_token, &filter_hash, &mut violations);
         if !violations.is_empty() {
             return Err(ApiError::InvalidArgument(violations));
         }
@@ -101,82 +78,99 @@ impl FindingQuery {
             rule_id: (!request.rule_id.is_empty()).then(|| request.rule_id.clone()),
             start,
             end,
-            limit: match request.limit {
-                0 => DEFAULT_LIMIT,
-                n => n.min(MAX_LIMIT),
-            },
+            limit: page_limit(request.limit),
             after,
             filter_hash,
         })
     }
 }
 
+fn check_min_severity(min_severity: i32, violations: &mut Vec<FieldViolation>) {
+    if !(0..=6).contains(&min_severity) {
+        violations.push(FieldViolation::new(
+            "min_severity",
+            format!("{min_severity} is not a severity from 0 to 6"),
+        ));
+    }
+}
+
+/// `[start_time, end_time)` from epoch milliseconds, 0 meaning open.
+fn time_range(
+    start_ms: i64,
+    end_ms: i64,
+    violations: &mut Vec<FieldViolation>,
+) -> (Option<DateTime<Utc>>, Option<DateTime<Utc>>) {
+    let mut time = |ms: i64, field: &str| match ms {
+        0 => None,
+        ms => DateTime::from_timestamp_millis(ms).or_else(|| {
+            violations.push(FieldViolation::new(field, "out of range"));
+            None
+        }),
+    };
+    let start = time(start_ms, "start_time");
+    let end = time(end_ms, "end_time");
+    if let (Some(s), Some(e)) = (start, end)
+        && s >= e
+    {
+        violations.push(FieldViolation::new("end_time", "must be after start_time"));
+    }
+    (start, end)
+}
+
+/// The keyset position a page token carries, if there is one.
+fn page_after<I: std::str::FromStr>(
+    token: &str,
+    filter_hash: &str,
+    violations: &mut Vec<FieldViolation>,
+) -> Option<(DateTime<Utc>, I)> {
+    if token.is_empty() {
+        return None;
+    }
+    decode_token(token, filter_hash)
+        .map_err(|reason| violations.push(FieldViolation::new("page_token", reason)))
+        .ok()
+}
+
+fn page_limit(limit: u32) -> u32 {
+    match limit {
+        0 => DEFAULT_LIMIT,
+        n => n.min(MAX_LIMIT),
+    }
+}
+
 impl EventQuery {
     pub fn parse(request: &ListEventsRequest) -> Result<Self, ApiError> {
         let mut violations = Vec::new();
-        let min_severity = request.min_severity;
-        if !(0..=6).contains(&min_severity) {
-            violations.push(FieldViolation::new(
-                "min_severity",
-                format!("{min_severity} is not a severity from 0 to 6"),
-            ));
-        }
+        check_min_severity(request.min_severity, &mut violations);
         if request.class_uids.len() > 64 {
             violations.push(FieldViolation::new("class_uids", "at most 64 classes"));
         }
         if request.source_device.len() > 64 {
             violations.push(FieldViolation::new("source_device", "at most 64 bytes"));
         }
-        let time = |ms: i64, field: &str, violations: &mut Vec<FieldViolation>| match ms {
-            0 => None,
-            ms => DateTime::from_timestamp_millis(ms).or_else(|| {
-                violations.push(FieldViolation::new(field, "out of range"));
-                None
-            }),
-        };
-        let start = time(request.start_time, "start_time", &mut violations);
-        let end = time(request.end_time, "end_time", &mut violations);
-        if let (Some(s), Some(e)) = (start, end)
-            && s >= e
-        {
-            violations.push(FieldViolation::new("end_time", "must be after start_time"));
-        }
-        let limit = match request.limit {
-            0 => DEFAULT_LIMIT,
-            n => n.min(MAX_LIMIT),
-        };
+        let (start, end) = time_range(request.start_time, request.end_time, &mut violations);
         let mut class_uids = request.class_uids.clone();
         class_uids.sort_unstable();
         class_uids.dedup();
         let filter_hash = filter_hash(
-            min_severity,
+            request.min_severity,
             &class_uids,
             &request.source_device,
             request.start_time,
             request.end_time,
         );
-        let after = if request.page_token.is_empty() {
-            None
-        } else {
-            match decode_token(&request.page_token, &filter_hash) {
-                Ok(after) => Some(after),
-                Err(reason) => {
-                    violations.push(FieldViolation::new("page_token", reason));
-                    None
-                }
-            }
-        };
+        let after = page_after(&request.page_token, &filter_hash, &mut violations);
         if !violations.is_empty() {
             return Err(ApiError::InvalidArgument(violations));
         }
         Ok(Self {
-            min_severity,
+            min_severity: request.min_severity,
             class_uids,
             source_device: (!request.source_device.is_empty())
                 .then(|| request.source_device.clone()),
             start,
             end,
-            limit,
+            limit: page_limit(request.limit),
             after,
             filter_hash,
         })

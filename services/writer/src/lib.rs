@@ -147,8 +147,7 @@ pub struct Writer {
     findings_consumer: PullConsumer,
     delivery: deliver::Delivery,
     health_listener: TcpListener,
-    batch_max_messages: usize,
-    batch_max_wait: Duration,
+    batching: vigil_common::nats::Batching,
 }
 
 /// Connects to Postgres (migrating if configured) and NATS, opens the
@@ -192,8 +191,10 @@ pub async fn build(config: &Config) -> Result<Writer, WriterError> {
         findings_consumer,
         delivery,
         health_listener,
-        batch_max_messages: config.batch_max_messages,
-        batch_max_wait: Duration::from_millis(config.batch_max_wait_ms),
+        batching: vigil_common::nats::Batching {
+            max_messages: config.batch_max_messages,
+            max_wait: Duration::from_millis(config.batch_max_wait_ms),
+        },
     })
 }
 
@@ -213,14 +214,12 @@ impl Writer {
             findings_consumer,
             delivery,
             health_listener,
-            batch_max_messages,
-            batch_max_wait,
+            batching,
         } = self;
         let (health, health_task) = vigil_common::health::serve(health_listener, shutdown.clone());
         health
             .set_service_status(HEALTH_SERVICE, tonic_health::ServingStatus::Serving)
             .await;
-        let batching = (batch_max_messages, batch_max_wait);
         let findings = consume(
             findings_consumer,
             delivery.clone().for_sink(store::Sink::Findings),
@@ -251,7 +250,7 @@ impl Writer {
 async fn consume(
     consumer: PullConsumer,
     delivery: deliver::Delivery,
-    (batch_max_messages, batch_max_wait): (usize, Duration),
+    batching: vigil_common::nats::Batching,
     health: tonic_health::server::HealthReporter,
     shutdown: CancellationToken,
 ) {
@@ -286,23 +285,15 @@ async fn consume(
                 () = shutdown.cancelled() => break,
                 next = messages.next() => next,
             };
-            let mut pending = match first {
-                Some(Ok(m)) => vec![m],
+            // ...then take more until the batch is full or old enough.
+            let pending = match first {
+                Some(Ok(m)) => vigil_common::nats::fill_batch(m, &mut messages, batching).await,
                 Some(Err(error)) => {
                     tracing::warn!(%error, "pull stream error");
                     continue;
                 }
                 None => break,
             };
-            // ...then take more until the batch is full or old enough.
-            let deadline = tokio::time::Instant::now() + batch_max_wait;
-            while pending.len() < batch_max_messages {
-                match tokio::time::timeout_at(deadline, messages.next()).await {
-                    Ok(Some(Ok(m))) => pending.push(m),
-                    Ok(Some(Err(error))) => tracing::warn!(%error, "pull stream error"),
-                    Ok(None) | Err(_) => break,
-                }
-            }
             delivery.handle(pending, &health, &shutdown).await;
         }
     }
