@@ -298,6 +298,8 @@ pub struct Mesh {
     pub db: TestDb,
     pub pool: PgPool,
     pub gateway_addr: SocketAddr,
+    /// The gateway's plaintext grpc.health.v1 port.
+    pub gateway_health: SocketAddr,
     pub reader_addr: SocketAddr,
     /// Each correlator partition's Prometheus endpoint.
     pub correlator_metrics: Vec<SocketAddr>,
@@ -400,6 +402,7 @@ impl Mesh {
             .map(|c| c.metrics_addr())
             .collect::<Result<Vec<_>, _>>()?;
         let gateway_addr = gateway.local_addr()?;
+        let gateway_health = gateway.health_addr()?;
         let reader_addr = reader.local_addr()?;
         let shutdown = CancellationToken::new();
         let mut tasks = Vec::new();
@@ -435,6 +438,7 @@ impl Mesh {
             db,
             pool,
             gateway_addr,
+            gateway_health,
             reader_addr,
             correlator_metrics,
             shutdown,
@@ -492,6 +496,23 @@ impl Mesh {
         Ok(sqlx::query_scalar("SELECT count(*) FROM events")
             .fetch_one(&self.pool)
             .await?)
+    }
+
+    /// The gateway's readiness (`vigil.ingest.v1.IngestService`) as its
+    /// health port reports it.
+    pub async fn gateway_serving(&self) -> anyhow::Result<bool> {
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", self.gateway_health))?
+                .connect()
+                .await?;
+        let response = tonic_health::pb::health_client::HealthClient::new(channel)
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: "vigil.ingest.v1.IngestService".to_owned(),
+            })
+            .await?
+            .into_inner();
+        Ok(response.status
+            == tonic_health::pb::health_check_response::ServingStatus::Serving as i32)
     }
 
     /// Rows in `findings`.

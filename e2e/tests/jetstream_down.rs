@@ -18,6 +18,7 @@ async fn gateway_answers_unavailable_while_nats_is_down_then_recovers() -> anyho
         .map(|_| vigil_client::events::sample(vigil_client::events::Kind::Network, &mut rng, now))
         .collect();
 
+    assert!(mesh.gateway_serving().await?);
     mesh.nats.kill();
     let status = device
         .publish(PublishRequest {
@@ -30,6 +31,14 @@ async fn gateway_answers_unavailable_while_nats_is_down_then_recovers() -> anyho
     };
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
     assert!(status.message().contains("retry"), "{}", status.message());
+
+    // The gateway tells its probes it cannot make anything durable now.
+    vigil_e2e::wait_until(
+        std::time::Duration::from_secs(10),
+        "gateway NOT_SERVING",
+        || async { mesh.gateway_serving().await.ok() == Some(false) },
+    )
+    .await?;
 
     // Same store, same port: the gateway reconnects and the retried batch
     // (same event ids) is stored once.
@@ -50,6 +59,12 @@ async fn gateway_answers_unavailable_while_nats_is_down_then_recovers() -> anyho
     )
     .await?;
     mesh.wait_for_events(10).await?;
+    vigil_e2e::wait_until(
+        std::time::Duration::from_secs(10),
+        "gateway SERVING again",
+        || async { mesh.gateway_serving().await.ok() == Some(true) },
+    )
+    .await?;
     mesh.stop().await;
     Ok(())
 }

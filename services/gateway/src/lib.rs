@@ -214,10 +214,35 @@ impl Gateway {
             .set_serving::<IngestServiceServer<service::IngestApi>>()
             .await;
         {
+            // Ready only while connected to NATS (a publish could not be
+            // made durable otherwise), and never again once stopping.
             let health = health.clone();
             let shutdown = shutdown.clone();
+            let nats = self.nats.clone();
             tokio::spawn(async move {
-                shutdown.cancelled().await;
+                let mut tick = tokio::time::interval(Duration::from_millis(500));
+                let mut serving = true;
+                loop {
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        _ = tick.tick() => {}
+                    }
+                    let connected =
+                        nats.connection_state() == async_nats::connection::State::Connected;
+                    if connected != serving {
+                        serving = connected;
+                        if connected {
+                            health
+                                .set_serving::<IngestServiceServer<service::IngestApi>>()
+                                .await;
+                        } else {
+                            tracing::warn!("nats connection lost; reporting NOT_SERVING");
+                            health
+                                .set_not_serving::<IngestServiceServer<service::IngestApi>>()
+                                .await;
+                        }
+                    }
+                }
                 health
                     .set_not_serving::<IngestServiceServer<service::IngestApi>>()
                     .await;
