@@ -57,7 +57,13 @@ impl Default for Options {
                 ("globex".into(), "host-02".into()),
                 ("initech".into(), "ws-01".into()),
             ],
-            users: vec!["analyst".into()],
+            // `intern` is in no grant of deploy/policy.toml: refused.
+            users: vec![
+                "analyst".into(),
+                "acme-analyst".into(),
+                "admin".into(),
+                "intern".into(),
+            ],
             validity_days: 90,
         }
     }

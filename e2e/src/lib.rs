@@ -271,6 +271,8 @@ pub struct MeshOptions {
     pub publish_timeout_secs: u64,
     /// The correlator's rule file (default: `deploy/rules.toml`).
     pub rules: Option<PathBuf>,
+    /// The reader's policy file (default: `deploy/policy.toml`).
+    pub policy: Option<PathBuf>,
     pub writer_max_deliveries: i64,
     pub writer_retry_base_ms: u64,
     pub limits: vigil_common::provision::StreamLimits,
@@ -281,6 +283,7 @@ impl Default for MeshOptions {
         Self {
             publish_timeout_secs: 5,
             rules: None,
+            policy: None,
             writer_max_deliveries: 3,
             writer_retry_base_ms: 50,
             limits: vigil_common::provision::StreamLimits {
@@ -369,6 +372,10 @@ impl Mesh {
             nats_cert: nats_client("reader").cert,
             nats_key: nats_client("reader").key,
             query_timeout_secs: 10,
+            policy: options
+                .policy
+                .clone()
+                .unwrap_or_else(|| workspace_root().join("deploy/policy.toml")),
         })
         .await?;
         let mut correlators = Vec::new();
@@ -484,10 +491,22 @@ impl Mesh {
         ))
     }
 
-    /// A QueryService client holding the analyst's certificate.
+    /// A QueryService client holding the analyst's certificate (granted
+    /// every tenant in deploy/policy.toml).
     pub async fn analyst(&self) -> anyhow::Result<QueryServiceClient<Channel>> {
+        self.user("analyst").await
+    }
+
+    /// A QueryService client holding user `name`'s certificate.
+    pub async fn user(&self, name: &str) -> anyhow::Result<QueryServiceClient<Channel>> {
+        let p = self.pki.user(name);
+        let files = TlsFiles {
+            ca: self.pki.ca(),
+            cert: p.cert,
+            key: p.key,
+        };
         Ok(QueryServiceClient::new(
-            vigil_client::connect(&self.reader_url(), &self.analyst_files()).await?,
+            vigil_client::connect(&self.reader_url(), &files).await?,
         ))
     }
 

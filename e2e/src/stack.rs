@@ -226,6 +226,10 @@ impl Stack {
                 format!("127.0.0.1:{reader_health}"),
             ),
             ("VIGIL_READER_DATABASE_URL".to_owned(), db.url.clone()),
+            (
+                "VIGIL_READER_POLICY".to_owned(),
+                path(crate::workspace_root().join("deploy/policy.toml")),
+            ),
         ];
         reader_env.extend(tls_env("VIGIL_READER", "reader"));
         reader_env.extend(nats_env("VIGIL_READER", "reader"));

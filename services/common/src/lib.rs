@@ -18,6 +18,7 @@ pub mod health;
 pub mod identity;
 pub mod metrics;
 pub mod nats;
+pub mod policy;
 pub mod provision;
 pub mod shutdown;
 pub mod subjects;

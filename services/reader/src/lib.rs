@@ -72,6 +72,14 @@ pub struct Config {
         default_value = "certs/out/nats/reader.key"
     )]
     pub nats_key: PathBuf,
+    /// Who may query which tenants (see deploy/policy.toml); re-read when it
+    /// changes.
+    #[arg(
+        long,
+        env = "VIGIL_READER_POLICY",
+        default_value = "deploy/policy.toml"
+    )]
+    pub policy: PathBuf,
     /// A query running longer than this is cancelled.
     #[arg(long, env = "VIGIL_READER_QUERY_TIMEOUT_SECS", default_value_t = 10)]
     pub query_timeout_secs: u64,
@@ -100,6 +108,9 @@ impl Config {
         let mut errors = ConfigErrors::new();
         self.tls_files().check("VIGIL_READER", &mut errors);
         self.nats().check("VIGIL_READER", &mut errors);
+        if let Err(e) = vigil_common::policy::Policy::load(&self.policy) {
+            errors.add("VIGIL_READER_POLICY", e);
+        }
         if !(self.database_url.starts_with("postgres://")
             || self.database_url.starts_with("postgresql://"))
         {
@@ -131,6 +142,8 @@ pub enum ReaderError {
     },
     #[error("grpc server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Policy(#[from] vigil_common::policy::PolicyError),
 }
 
 pub struct Reader {
@@ -139,6 +152,9 @@ pub struct Reader {
     tls: Arc<rustls::ServerConfig>,
     pool: PgPool,
     nats: async_nats::Client,
+    policy: vigil_common::policy::LivePolicy,
+    /// Stops the policy watcher when the reader stops.
+    policy_watch: CancellationToken,
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ReaderError> {
@@ -168,7 +184,15 @@ pub async fn build(config: &Config) -> Result<Reader, ReaderError> {
         .await
         .map_err(ReaderError::Database)?;
     let nats = vigil_common::nats::connect(&config.nats(), "vigil-reader").await?;
+    let policy_watch = CancellationToken::new();
+    let policy = vigil_common::policy::LivePolicy::watch(
+        config.policy.clone(),
+        Duration::from_secs(2),
+        policy_watch.clone(),
+    )?;
     Ok(Reader {
+        policy,
+        policy_watch,
         listener: bind(config.listen).await?,
         health_listener: bind(config.health_listen).await?,
         tls,
@@ -219,6 +243,7 @@ impl Reader {
             .max_concurrent_streams(Some(128))
             .add_service(QueryServiceServer::new(service::QueryApi::new(
                 self.pool.clone(),
+                self.policy.clone(),
             )))
             .add_optional_service(reflection)
             .serve_with_incoming_shutdown(incoming, shutdown.cancelled());
@@ -230,6 +255,7 @@ impl Reader {
             Err(error) => tracing::warn!(%error, "query.events responder panicked"),
             Ok(Ok(())) => {}
         }
+        self.policy_watch.cancel();
         self.pool.close().await;
         let _ = health_task.await;
         tracing::info!("reader stopped");

@@ -5,6 +5,7 @@ use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 use vigil_common::error::ApiError;
 use vigil_common::identity::{Identity, PeerInfo};
+use vigil_common::policy::{LivePolicy, Role};
 use vigil_proto::query::v1::query_service_server::QueryService;
 use vigil_proto::query::v1::{
     GetEventRequest, GetEventResponse, GetFindingRequest, GetFindingResponse, ListEventsRequest,
@@ -16,28 +17,37 @@ use crate::query::{self, EventQuery, FindingQuery, TenantScope};
 #[derive(Clone)]
 pub struct QueryApi {
     pool: PgPool,
+    policy: LivePolicy,
 }
 
 impl QueryApi {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+    pub fn new(pool: PgPool, policy: LivePolicy) -> Self {
+        Self { pool, policy }
     }
-}
 
-/// Only user identities may query; devices and services may not.
-fn caller_scope<T>(request: &Request<T>) -> Result<TenantScope, ApiError> {
-    let info = request
-        .extensions()
-        .get::<PeerInfo>()
-        .ok_or_else(|| ApiError::Unauthenticated("no verified client certificate".into()))?;
-    match &info.identity {
-        // Per-user tenant grants arrive with the policy file; until then a
-        // user identity is an operator-issued analyst trusted with all.
-        Ok(Identity::User { .. }) => Ok(TenantScope::All),
-        Ok(other) => Err(ApiError::PermissionDenied(format!(
-            "{other} is not a user; only users may query"
-        ))),
-        Err(e) => Err(ApiError::Unauthenticated(e.to_string())),
+    /// The tenants the caller may see: users per the policy file; devices,
+    /// services and users without a grant may not query.
+    fn caller_scope<T>(&self, request: &Request<T>) -> Result<TenantScope, ApiError> {
+        let info = request
+            .extensions()
+            .get::<PeerInfo>()
+            .ok_or_else(|| ApiError::Unauthenticated("no verified client certificate".into()))?;
+        let identity = match &info.identity {
+            Ok(identity @ Identity::User { .. }) => identity,
+            Ok(other) => {
+                return Err(ApiError::PermissionDenied(format!(
+                    "{other} is not a user; only users may query"
+                )));
+            }
+            Err(e) => return Err(ApiError::Unauthenticated(e.to_string())),
+        };
+        match self.policy.role_of(identity) {
+            Some(Role::Admin) => Ok(TenantScope::All),
+            Some(Role::Analyst { tenants }) => Ok(TenantScope::Only(tenants)),
+            None => Err(ApiError::PermissionDenied(format!(
+                "{identity} has no grant in the policy"
+            ))),
+        }
     }
 }
 
@@ -47,7 +57,7 @@ impl QueryService for QueryApi {
         &self,
         request: Request<ListEventsRequest>,
     ) -> Result<Response<ListEventsResponse>, Status> {
-        let scope = caller_scope(&request)?;
+        let scope = self.caller_scope(&request)?;
         let query = EventQuery::parse(request.get_ref())?;
         Ok(Response::new(
             query::list_events(&self.pool, &scope, &query).await?,
@@ -58,7 +68,7 @@ impl QueryService for QueryApi {
         &self,
         request: Request<GetEventRequest>,
     ) -> Result<Response<GetEventResponse>, Status> {
-        let scope = caller_scope(&request)?;
+        let scope = self.caller_scope(&request)?;
         let event = query::get_event(&self.pool, &scope, request.get_ref()).await?;
         Ok(Response::new(GetEventResponse { event: Some(event) }))
     }
@@ -67,7 +77,7 @@ impl QueryService for QueryApi {
         &self,
         request: Request<ListFindingsRequest>,
     ) -> Result<Response<ListFindingsResponse>, Status> {
-        let scope = caller_scope(&request)?;
+        let scope = self.caller_scope(&request)?;
         let query = FindingQuery::parse(request.get_ref())?;
         Ok(Response::new(
             query::list_findings(&self.pool, &scope, &query).await?,
@@ -78,7 +88,7 @@ impl QueryService for QueryApi {
         &self,
         request: Request<GetFindingRequest>,
     ) -> Result<Response<GetFindingResponse>, Status> {
-        let scope = caller_scope(&request)?;
+        let scope = self.caller_scope(&request)?;
         Ok(Response::new(
             query::get_finding(&self.pool, &scope, request.get_ref()).await?,
         ))
