@@ -26,15 +26,6 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
-        Kind::LoginSuccess,
-        Kind::LoginFailure,
-        Kind::Process,
-        Kind::Network,
-        Kind::Dns,
-        Kind::File,
-    ];
-
     pub fn class_uid(self) -> i32 {
         match self {
             Kind::LoginSuccess | Kind::LoginFailure => 3002,

@@ -14,6 +14,7 @@
 pub mod config;
 pub mod dlq;
 pub mod error;
+pub mod grpc;
 pub mod health;
 pub mod identity;
 pub mod metrics;

@@ -121,7 +121,6 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), InvalidConfig> {
         let mut errors = ConfigErrors::new();
-        errors.check_file("VIGIL_CORRELATOR_RULES", &self.rules);
         if let Err(e) = service::load_rules(&self.rules) {
             errors.add("VIGIL_CORRELATOR_RULES", e);
         }

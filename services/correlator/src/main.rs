@@ -17,12 +17,13 @@ struct Cli {
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     vigil_common::telemetry::init("vigil-correlator");
-    if let Err(e) = cli.config.validate() {
-        eprintln!("{e}");
-        return std::process::ExitCode::from(64);
-    }
     let correlator = match vigil_correlator::build(&cli.config).await {
         Ok(c) => c,
+        // A bad configuration names every bad setting and exits 64.
+        Err(vigil_correlator::BuildError::Config(e)) => {
+            eprintln!("{e}");
+            return std::process::ExitCode::from(64);
+        }
         Err(e) => {
             tracing::error!(error = %e, "start-up failed");
             eprintln!("vigil-correlator: {e}");

@@ -248,25 +248,13 @@ impl Gateway {
                     .await;
             });
         }
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(vigil_proto::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .map_err(|e| tracing::warn!(error = %e, "reflection disabled"))
-            .ok();
         let ingest = IngestServiceServer::new(self.api)
             // Room for a full batch of maximal events, and no more.
             .max_decoding_message_size(16 * 1024 * 1024);
-        let incoming = vigil_common::tls::incoming(self.listener, self.tls, shutdown.clone());
-        let server = tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .max_concurrent_streams(Some(256))
+        let router = vigil_common::grpc::server(256)
             .add_service(ingest)
-            .add_optional_service(reflection)
-            .serve_with_incoming_shutdown(incoming, shutdown.cancelled());
-        if let Some(result) = vigil_common::shutdown::drain_within(&shutdown, server).await {
-            result?;
-        }
+            .add_optional_service(vigil_common::grpc::reflection());
+        vigil_common::grpc::serve_mtls(router, self.listener, self.tls, &shutdown).await?;
         vigil_common::nats::flush_within(&self.nats, vigil_common::shutdown::FLUSH_LIMIT).await;
         let _ = health_task.await;
         tracing::info!("gateway stopped");

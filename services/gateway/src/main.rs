@@ -1,4 +1,4 @@
-//! `vigil-gateway`: parse config, build, log the bound addresses, serve
+//! `vigil-gateway`: parse config, build (which validates it), log the bound addresses, serve
 //! until SIGINT/SIGTERM.
 
 use clap::Parser;
@@ -14,12 +14,13 @@ struct Cli {
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     vigil_common::telemetry::init("vigil-gateway");
-    if let Err(e) = cli.config.validate() {
-        eprintln!("{e}");
-        return std::process::ExitCode::from(64);
-    }
     let gateway = match vigil_gateway::build(&cli.config).await {
         Ok(g) => g,
+        // A bad configuration names every bad setting and exits 64.
+        Err(vigil_gateway::GatewayError::Config(e)) => {
+            eprintln!("{e}");
+            return std::process::ExitCode::from(64);
+        }
         Err(e) => {
             tracing::error!(error = %e, "start-up failed");
             eprintln!("vigil-gateway: {e}");

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use prost::Message;
-use vigil_proto::event::v1::{SecurityEvent, SeverityId, StatusId};
+use vigil_proto::event::v1::SecurityEvent;
 use vigil_proto::ingest::v1::RejectionCode;
 
 /// Bounds on what one event may carry.
@@ -332,20 +332,10 @@ fn truncate(s: &str) -> &str {
     }
 }
 
-/// Names a severity for messages; unknown values print as their number.
-pub fn severity_label(id: i32) -> String {
-    SeverityId::try_from(id).map_or_else(|_| id.to_string(), |s| s.as_str_name().to_owned())
-}
-
-/// Names a status for messages.
-pub fn status_label(id: i32) -> String {
-    StatusId::try_from(id).map_or_else(|_| id.to_string(), |s| s.as_str_name().to_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vigil_proto::event::v1::{Metadata, NetworkEndpoint, Product};
+    use vigil_proto::event::v1::{Metadata, NetworkEndpoint, Product, SeverityId, StatusId};
 
     const NOW: i64 = 1_790_000_000_000;
 

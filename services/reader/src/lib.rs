@@ -231,25 +231,13 @@ impl Reader {
             self.pool.clone(),
             shutdown.clone(),
         ));
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(vigil_proto::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .map_err(|e| tracing::warn!(error = %e, "reflection disabled"))
-            .ok();
-        let incoming = vigil_common::tls::incoming(self.listener, self.tls, shutdown.clone());
-        let server = tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .max_concurrent_streams(Some(128))
+        let router = vigil_common::grpc::server(128)
             .add_service(QueryServiceServer::new(service::QueryApi::new(
                 self.pool.clone(),
                 self.policy.clone(),
             )))
-            .add_optional_service(reflection)
-            .serve_with_incoming_shutdown(incoming, shutdown.cancelled());
-        if let Some(result) = vigil_common::shutdown::drain_within(&shutdown, server).await {
-            result?;
-        }
+            .add_optional_service(vigil_common::grpc::reflection());
+        vigil_common::grpc::serve_mtls(router, self.listener, self.tls, &shutdown).await?;
         match nats_task.await {
             Ok(Err(error)) => tracing::warn!(%error, "query.events responder failed"),
             Err(error) => tracing::warn!(%error, "query.events responder panicked"),

@@ -16,12 +16,13 @@ struct Cli {
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     vigil_common::telemetry::init("vigil-reader");
-    if let Err(e) = cli.config.validate() {
-        eprintln!("{e}");
-        return std::process::ExitCode::from(64);
-    }
     let reader = match vigil_reader::build(&cli.config).await {
         Ok(r) => r,
+        // A bad configuration names every bad setting and exits 64.
+        Err(vigil_reader::ReaderError::Config(e)) => {
+            eprintln!("{e}");
+            return std::process::ExitCode::from(64);
+        }
         Err(e) => {
             tracing::error!(error = %e, "start-up failed");
             eprintln!("vigil-reader: {e}");

@@ -16,12 +16,13 @@ struct Cli {
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     vigil_common::telemetry::init("vigil-writer");
-    if let Err(e) = cli.config.validate() {
-        eprintln!("{e}");
-        return std::process::ExitCode::from(64);
-    }
     let writer = match vigil_writer::build(&cli.config).await {
         Ok(w) => w,
+        // A bad configuration names every bad setting and exits 64.
+        Err(vigil_writer::WriterError::Config(e)) => {
+            eprintln!("{e}");
+            return std::process::ExitCode::from(64);
+        }
         Err(e) => {
             tracing::error!(error = %e, "start-up failed");
             eprintln!("vigil-writer: {e}");
