@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 const PROTOS: &[&str] = &[
+    "vigil/audit/v1/audit.proto",
     "vigil/event/v1/event.proto",
     "vigil/finding/v1/finding.proto",
     "vigil/ingest/v1/ingest.proto",

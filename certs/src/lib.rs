@@ -10,6 +10,8 @@
 //! | `devices/<tenant>.<device>.{crt,key}` | device certificates, URI SAN `spiffe://vigil.local/tenant/<tenant>/device/<device>` |
 //! | `users/<name>.{crt,key}` | analyst certificates, URI SAN `spiffe://vigil.local/user/<name>` |
 //! | `foreign/ca.crt`, `foreign/{device,analyst}.{crt,key}` | a second CA nobody trusts, and certificates it signed, for negative tests |
+//! | `ca.crl`, `revoked.txt` | the CA's revocation list (PEM) and the revoked serials it lists; [`revoke`] adds one |
+//! | `bad/<case>.{crt,key}` | certificates every listener must refuse ([`BAD_CASES`]), and one it must accept but not authenticate (`other-domain`) |
 //!
 //! Private keys are written with mode 0600.
 
@@ -19,9 +21,27 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    RevocationReason, RevokedCertParams, SanType, SerialNumber,
 };
+
+/// Certificates in `bad/` that every mTLS listener must refuse at the
+/// handshake, each chaining to the vigil CA unless its name says otherwise:
+/// `expired`, `not-yet-valid`, `server-only` (serverAuth EKU, no
+/// clientAuth), `ca-leaf` (a CA certificate presented as a client),
+/// `two-uris` (two URI SAN identities), `no-uri` (no identity at all),
+/// `revoked` (device acme/revoked-01, listed in `ca.crl`). The first four
+/// also exist as `nats-<case>` for the NATS user `subscriber`.
+pub const BAD_CASES: &[&str] = &[
+    "expired",
+    "not-yet-valid",
+    "server-only",
+    "ca-leaf",
+    "two-uris",
+    "no-uri",
+    "revoked",
+];
 
 /// The trust domain of every vigil identity.
 pub const TRUST_DOMAIN: &str = "vigil.local";
@@ -45,6 +65,9 @@ pub struct Options {
     pub users: Vec<String>,
     /// Validity of leaf certificates.
     pub validity_days: i64,
+    /// The CA's common name (distinct names let two CAs share a trust
+    /// bundle during a rotation).
+    pub ca_name: String,
 }
 
 impl Default for Options {
@@ -65,6 +88,7 @@ impl Default for Options {
                 "intern".into(),
             ],
             validity_days: 90,
+            ca_name: "vigil dev CA".into(),
         }
     }
 }
@@ -101,6 +125,15 @@ impl Pki {
     }
     pub fn user(&self, name: &str) -> CertPaths {
         self.pair("users", name)
+    }
+    /// The CA's CRL (PEM).
+    pub fn crl(&self) -> PathBuf {
+        self.dir.join("ca.crl")
+    }
+    /// A certificate of [`BAD_CASES`], or `other-domain` (a valid chain
+    /// whose URI SAN `spiffe://evil.example/user/admin` is no vigil identity).
+    pub fn bad(&self, case: &str) -> CertPaths {
+        self.pair("bad", case)
     }
     pub fn foreign_ca(&self) -> PathBuf {
         self.dir.join("foreign/ca.crt")
@@ -168,11 +201,11 @@ struct Ca {
 /// are overwritten).
 pub fn generate(dir: &Path, options: &Options) -> anyhow::Result<Pki> {
     let pki = Pki::at(dir);
-    for sub in ["server", "nats", "devices", "users", "foreign"] {
+    for sub in ["server", "nats", "devices", "users", "foreign", "bad"] {
         fs::create_dir_all(dir.join(sub))
             .with_context(|| format!("creating {}", dir.join(sub).display()))?;
     }
-    let ca = new_ca("vigil dev CA", &dir.join("ca.crt"), &dir.join("ca.key"))?;
+    let ca = new_ca(&options.ca_name, &dir.join("ca.crt"), &dir.join("ca.key"))?;
     for server in ["gateway", "reader", "nats"] {
         issue_server(&ca, server, &pki.server(server), options.validity_days)?;
     }
@@ -203,6 +236,7 @@ pub fn generate(dir: &Path, options: &Options) -> anyhow::Result<Pki> {
             options.validity_days,
         )?;
     }
+    issue_bad(&ca, &pki, options.validity_days)?;
     let foreign = new_ca("foreign CA", &pki.foreign_ca(), &dir.join("foreign/ca.key"))?;
     issue_client(
         &foreign,
@@ -221,6 +255,191 @@ pub fn generate(dir: &Path, options: &Options) -> anyhow::Result<Pki> {
     Ok(pki)
 }
 
+/// A client certificate as [`issue_client`] makes it, with the knobs the
+/// negative cases turn.
+struct Leaf<'a> {
+    cn: &'a str,
+    uris: Vec<String>,
+    eku: Vec<ExtendedKeyUsagePurpose>,
+    is_ca: bool,
+    not_before: time::OffsetDateTime,
+    not_after: time::OffsetDateTime,
+}
+
+impl<'a> Leaf<'a> {
+    fn client(cn: &'a str, uri: &str, days: i64) -> Self {
+        let now = time::OffsetDateTime::now_utc();
+        Self {
+            cn,
+            uris: vec![uri.to_owned()],
+            eku: vec![ExtendedKeyUsagePurpose::ClientAuth],
+            is_ca: false,
+            not_before: now - time::Duration::hours(1),
+            not_after: now + time::Duration::days(days),
+        }
+    }
+
+    fn issue(self, ca: &Ca, out: &CertPaths) -> anyhow::Result<()> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = name(self.cn);
+        params.subject_alt_names = self
+            .uris
+            .iter()
+            .map(|u| Ok(SanType::URI(u.as_str().try_into()?)))
+            .collect::<anyhow::Result<_>>()?;
+        params.serial_number = Some(SerialNumber::from(rand_serial()));
+        if self.is_ca {
+            params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+            params.key_usages = vec![
+                KeyUsagePurpose::KeyCertSign,
+                KeyUsagePurpose::DigitalSignature,
+            ];
+        } else {
+            params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        }
+        params.extended_key_usages = self.eku;
+        params.not_before = self.not_before;
+        params.not_after = self.not_after;
+        let cert = params.signed_by(&key, &ca.issuer)?;
+        write_public(&out.cert, &cert.pem())?;
+        write_private(&out.key, &key.serialize_pem())
+    }
+}
+
+fn rand_serial() -> u64 {
+    // Positive and never zero: the top bit clear, the low bit set.
+    (rand::random::<u64>() >> 1) | 1
+}
+
+fn issue_bad(ca: &Ca, pki: &Pki, days: i64) -> anyhow::Result<()> {
+    // The certificate-level cases, for a device (gateway, reader) and for a
+    // NATS user (`nats-<case>`, URI of the subscriber user).
+    for (prefix, uri) in [
+        ("", device_uri("acme", "cam-01")),
+        ("nats-", nats_user_uri("subscriber")),
+    ] {
+        let now = time::OffsetDateTime::now_utc();
+        let mut expired = Leaf::client("expired", &uri, days);
+        expired.not_before = now - time::Duration::days(30);
+        expired.not_after = now - time::Duration::days(1);
+        expired.issue(ca, &pki.bad(&format!("{prefix}expired")))?;
+        let mut early = Leaf::client("not yet valid", &uri, days);
+        early.not_before = now + time::Duration::days(1);
+        early.not_after = now + time::Duration::days(30);
+        early.issue(ca, &pki.bad(&format!("{prefix}not-yet-valid")))?;
+        let mut server_only = Leaf::client("server only", &uri, days);
+        server_only.eku = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        server_only.issue(ca, &pki.bad(&format!("{prefix}server-only")))?;
+        let mut ca_leaf = Leaf::client("a CA as a client", &uri, days);
+        ca_leaf.is_ca = true;
+        ca_leaf.issue(ca, &pki.bad(&format!("{prefix}ca-leaf")))?;
+    }
+    let uri = device_uri("acme", "cam-01");
+    let mut two = Leaf::client("two identities", &uri, days);
+    two.uris.push(user_uri("admin"));
+    two.issue(ca, &pki.bad("two-uris"))?;
+    let mut none = Leaf::client("no identity", &uri, days);
+    none.uris.clear();
+    none.issue(ca, &pki.bad("no-uri"))?;
+    Leaf::client("acme/revoked-01", &device_uri("acme", "revoked-01"), days)
+        .issue(ca, &pki.bad("revoked"))?;
+    Leaf::client("evil admin", "spiffe://evil.example/user/admin", days)
+        .issue(ca, &pki.bad("other-domain"))?;
+    fs::write(pki.dir.join("revoked.txt"), "")
+        .with_context(|| format!("writing {}", pki.dir.join("revoked.txt").display()))?;
+    revoke(&pki.dir, &pki.bad("revoked").cert)
+}
+
+/// Revokes the certificate at `cert` (issued by the CA in `dir`): adds its
+/// serial to `revoked.txt` and rewrites `ca.crl`, signed by the CA. Services
+/// pick the new CRL up within seconds and cut its open connections.
+pub fn revoke(dir: &Path, cert: &Path) -> anyhow::Result<()> {
+    let pem = fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
+    let (_, parsed) = x509_parser::pem::parse_x509_pem(&pem)
+        .map_err(|e| anyhow::anyhow!("{}: not a PEM certificate: {e}", cert.display()))?;
+    let x509 = parsed
+        .parse_x509()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", cert.display()))?;
+    let serial = hex(x509.raw_serial());
+    let list_path = dir.join("revoked.txt");
+    let mut serials: Vec<String> = fs::read_to_string(&list_path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .filter(|l| !l.is_empty())
+        .collect();
+    if !serials.contains(&serial) {
+        serials.push(serial);
+    }
+    let key_pem = fs::read_to_string(dir.join("ca.key"))
+        .with_context(|| format!("reading {}", dir.join("ca.key").display()))?;
+    let ca_pem = fs::read(dir.join("ca.crt"))
+        .with_context(|| format!("reading {}", dir.join("ca.crt").display()))?;
+    let (_, ca_parsed) = x509_parser::pem::parse_x509_pem(&ca_pem)
+        .map_err(|e| anyhow::anyhow!("ca.crt: not a PEM certificate: {e}"))?;
+    let ca_x509 = ca_parsed
+        .parse_x509()
+        .map_err(|e| anyhow::anyhow!("ca.crt: {e}"))?;
+    let ca_cn = ca_x509
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .context("ca.crt has no common name")?
+        .to_owned();
+    let issuer = Issuer::new(ca_params(&ca_cn), KeyPair::from_pem(&key_pem)?);
+    let now = time::OffsetDateTime::now_utc();
+    let crl = CertificateRevocationListParams {
+        this_update: now - time::Duration::minutes(5),
+        next_update: now + time::Duration::days(7),
+        crl_number: SerialNumber::from(u64::try_from(now.unix_timestamp()).unwrap_or(1)),
+        issuing_distribution_point: None,
+        revoked_certs: serials
+            .iter()
+            .filter_map(|s| unhex(s))
+            .map(|serial| RevokedCertParams {
+                serial_number: SerialNumber::from_slice(&serial),
+                revocation_time: now - time::Duration::minutes(5),
+                reason_code: Some(RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            })
+            .collect(),
+        key_identifier_method: KeyIdMethod::Sha256,
+    }
+    .signed_by(&issuer)?;
+    // Write the list first, then swap the CRL in atomically so a service
+    // never reads half a file.
+    fs::write(&list_path, serials.join("\n") + "\n")
+        .with_context(|| format!("writing {}", list_path.display()))?;
+    let tmp = dir.join("ca.crl.tmp");
+    write_public(&tmp, &crl.pem()?)?;
+    fs::rename(&tmp, dir.join("ca.crl")).with_context(|| "replacing ca.crl".to_owned())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect()
+}
+
+fn ca_params(cn: &str) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = name(cn);
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params
+}
+
 fn name(cn: &str) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "vigil");
@@ -236,14 +455,7 @@ fn validity(params: &mut CertificateParams, days: i64) {
 
 fn new_ca(cn: &str, cert_path: &Path, key_path: &Path) -> anyhow::Result<Ca> {
     let key = KeyPair::generate()?;
-    let mut params = CertificateParams::default();
-    params.distinguished_name = name(cn);
-    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    let mut params = ca_params(cn);
     validity(&mut params, 365);
     let cert = params.self_signed(&key)?;
     write_public(cert_path, &cert.pem())?;
@@ -266,16 +478,7 @@ fn issue_server(ca: &Ca, cn: &str, out: &CertPaths, days: i64) -> anyhow::Result
 }
 
 fn issue_client(ca: &Ca, cn: &str, uri: &str, out: &CertPaths, days: i64) -> anyhow::Result<()> {
-    let key = KeyPair::generate()?;
-    let mut params = CertificateParams::default();
-    params.distinguished_name = name(cn);
-    params.subject_alt_names = vec![SanType::URI(uri.try_into()?)];
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    validity(&mut params, days);
-    let cert = params.signed_by(&key, &ca.issuer)?;
-    write_public(&out.cert, &cert.pem())?;
-    write_private(&out.key, &key.serialize_pem())
+    Leaf::client(cn, uri, days).issue(ca, out)
 }
 
 fn write_public(path: &Path, pem: &str) -> anyhow::Result<()> {

@@ -19,6 +19,11 @@ struct Args {
     /// Analyst users to issue; repeat the flag. Default: analyst.
     #[arg(long = "user")]
     users: Vec<String>,
+    /// Instead of generating: revoke this certificate (issued by the CA in
+    /// --out) by adding it to `ca.crl`; services reload the CRL and cut its
+    /// connections within seconds.
+    #[arg(long, value_name = "CERT")]
+    revoke: Option<PathBuf>,
     /// Validity of leaf certificates in days.
     #[arg(long, default_value_t = 90)]
     days: i64,
@@ -40,6 +45,15 @@ fn parse_device(s: &str) -> Result<(String, String), String> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(cert) = &args.revoke {
+        vigil_certs::revoke(&args.out, cert)?;
+        println!(
+            "revoked {}; {} updated",
+            cert.display(),
+            args.out.join("ca.crl").display()
+        );
+        return Ok(());
+    }
     let mut options = vigil_certs::Options {
         validity_days: args.days,
         ..Default::default()

@@ -207,11 +207,14 @@ impl Drop for NatsServer {
     }
 }
 
-/// A database of its own, dropped (forcibly) on drop.
+/// A database of its own, dropped (forcibly) on drop with the service
+/// roles its migration created.
 pub struct TestDb {
+    /// The owner's URL (migrations, test assertions); TLS required.
     pub url: String,
     admin_url: String,
     name: String,
+    host: String,
 }
 
 impl TestDb {
@@ -230,11 +233,30 @@ impl TestDb {
             .rsplit_once('/')
             .map(|(b, _)| b.to_owned())
             .unwrap_or_else(|| admin_url.clone());
+        let host = base
+            .rsplit_once('@')
+            .map(|(_, h)| h.to_owned())
+            .unwrap_or_else(|| "127.0.0.1:5432".into());
         Ok(TestDb {
-            url: format!("{base}/{name}"),
+            url: format!("{base}/{name}?sslmode=require"),
             admin_url,
             name,
+            host,
         })
+    }
+
+    /// The database's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The URL a service connects with: its own role (`<db>_writer`,
+    /// `<db>_reader`, created by the migration), over TLS.
+    pub fn role_url(&self, service: &str) -> String {
+        format!(
+            "postgres://{}_{service}@{}/{}?sslmode=require",
+            self.name, self.host, self.name
+        )
     }
 }
 
@@ -257,6 +279,10 @@ impl Drop for TestDb {
                     let _ = sqlx::query(sqlx::AssertSqlSafe(sql))
                         .execute(&mut conn)
                         .await;
+                    let sql = format!("DROP ROLE IF EXISTS {name}_writer, {name}_reader");
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(sql))
+                        .execute(&mut conn)
+                        .await;
                 }
             });
         })
@@ -276,6 +302,21 @@ pub struct MeshOptions {
     pub writer_max_deliveries: i64,
     pub writer_retry_base_ms: u64,
     pub limits: vigil_common::provision::StreamLimits,
+    /// Calls per second per identity at the gateway and the reader.
+    pub rate_per_sec: u32,
+    pub rate_burst: u32,
+    /// The gateway's pseudonymisation file and key.
+    pub pseudonymise: Option<(PathBuf, PathBuf)>,
+    /// The gateway's and reader's allowlist (default: [`loopback`]).
+    pub allow: Option<Vec<ipnet::IpNet>>,
+}
+
+/// The default allowlist: loopback only.
+pub fn loopback() -> Vec<ipnet::IpNet> {
+    ["127.0.0.0/8", "::1/128"]
+        .iter()
+        .filter_map(|n| n.parse().ok())
+        .collect()
 }
 
 impl Default for MeshOptions {
@@ -290,6 +331,12 @@ impl Default for MeshOptions {
                 ack_wait: Duration::from_secs(5),
                 ..Default::default()
             },
+            // Far above what any functional test sends; the rate-limit
+            // test sets its own.
+            rate_per_sec: 100_000,
+            rate_burst: 100_000,
+            allow: None,
+            pseudonymise: None,
         }
     }
 }
@@ -340,6 +387,13 @@ impl Mesh {
             nats_ca: pki.ca(),
             nats_cert: nats_client("gateway").cert,
             nats_key: nats_client("gateway").key,
+            tls_crl: Some(pki.crl()),
+            allow: options.allow.clone().unwrap_or_else(loopback),
+            rate_per_sec: options.rate_per_sec,
+            rate_burst: options.rate_burst,
+            insecure_dev: false,
+            pseudonymise: options.pseudonymise.as_ref().map(|p| p.0.clone()),
+            pseudonym_key: options.pseudonymise.as_ref().map(|p| p.1.clone()),
             max_future_skew_secs: 300,
             max_event_age_secs: 7 * 24 * 3600,
             max_batch_events: 1000,
@@ -347,8 +401,8 @@ impl Mesh {
         })
         .await?;
         let writer = vigil_writer::build(&vigil_writer::Config {
-            database_url: db.url.clone(),
-            migrate: false,
+            database_url: db.role_url("writer"),
+            insecure_dev: false,
             health_listen: local,
             nats_url: nats.url(),
             nats_ca: pki.ca(),
@@ -366,7 +420,13 @@ impl Mesh {
             tls_cert: server("reader").cert,
             tls_key: server("reader").key,
             tls_client_ca: pki.ca(),
-            database_url: db.url.clone(),
+            database_url: db.role_url("reader"),
+            tls_crl: Some(pki.crl()),
+            allow: options.allow.clone().unwrap_or_else(loopback),
+            rate_per_sec: options.rate_per_sec,
+            rate_burst: options.rate_burst,
+            insecure_dev: false,
+            page_token_key: None,
             nats_url: nats.url(),
             nats_ca: pki.ca(),
             nats_cert: nats_client("reader").cert,

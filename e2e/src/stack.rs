@@ -56,6 +56,19 @@ pub struct Service {
 }
 
 impl Service {
+    /// The running process's id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Resident memory of the running process, in KiB (Linux).
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
     pub async fn start(&mut self) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -156,7 +169,8 @@ impl Stack {
         vigil_writer::MIGRATOR.run(&pool).await?;
 
         // postgres://user@host:port/db -> the writer goes through the proxy.
-        let (prefix, rest) = db.url.split_once('@').context("database url")?;
+        let writer_url = db.role_url("writer");
+        let (prefix, rest) = writer_url.split_once('@').context("database url")?;
         let (host_port, database) = rest.split_once('/').context("database url")?;
         let pg_proxy = TcpProxy::start(host_port.to_owned()).await?;
         let writer_db = format!("{prefix}@127.0.0.1:{}/{database}", pg_proxy.port);
@@ -181,6 +195,19 @@ impl Stack {
                 (format!("{prefix}_TLS_CERT"), path(s.cert)),
                 (format!("{prefix}_TLS_KEY"), path(s.key)),
                 (format!("{prefix}_TLS_CLIENT_CA"), path(pki.ca())),
+                (format!("{prefix}_TLS_CRL"), path(pki.crl())),
+            ]
+        };
+        let rate_env = |prefix: &str| {
+            vec![
+                (
+                    format!("{prefix}_RATE_PER_SEC"),
+                    options.rate_per_sec.to_string(),
+                ),
+                (
+                    format!("{prefix}_RATE_BURST"),
+                    options.rate_burst.to_string(),
+                ),
             ]
         };
         let mut gateway_env = vec![
@@ -198,10 +225,10 @@ impl Stack {
             ),
         ];
         gateway_env.extend(tls_env("VIGIL_GATEWAY", "gateway"));
+        gateway_env.extend(rate_env("VIGIL_GATEWAY"));
         gateway_env.extend(nats_env("VIGIL_GATEWAY", "gateway"));
         let mut writer_env = vec![
             ("VIGIL_WRITER_DATABASE_URL".to_owned(), writer_db),
-            ("VIGIL_WRITER_MIGRATE".to_owned(), "false".to_owned()),
             (
                 "VIGIL_WRITER_HEALTH_LISTEN".to_owned(),
                 format!("127.0.0.1:{writer_health_port}"),
@@ -225,13 +252,17 @@ impl Stack {
                 "VIGIL_READER_HEALTH_LISTEN".to_owned(),
                 format!("127.0.0.1:{reader_health}"),
             ),
-            ("VIGIL_READER_DATABASE_URL".to_owned(), db.url.clone()),
+            (
+                "VIGIL_READER_DATABASE_URL".to_owned(),
+                db.role_url("reader"),
+            ),
             (
                 "VIGIL_READER_POLICY".to_owned(),
                 path(crate::workspace_root().join("deploy/policy.toml")),
             ),
         ];
         reader_env.extend(tls_env("VIGIL_READER", "reader"));
+        reader_env.extend(rate_env("VIGIL_READER"));
         reader_env.extend(nats_env("VIGIL_READER", "reader"));
         let correlator_health = free_port()?;
         let mut correlator_env = vec![

@@ -6,6 +6,12 @@
 
 #![allow(clippy::all, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod audit {
+    pub mod v1 {
+        tonic::include_proto!("vigil.audit.v1");
+    }
+}
+
 pub mod event {
     pub mod v1 {
         tonic::include_proto!("vigil.event.v1");

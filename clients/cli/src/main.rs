@@ -212,6 +212,15 @@ enum AdminCommand {
         #[command(flatten)]
         nats: NatsAdmin,
     },
+    /// Apply the database schema, and create the services' own roles
+    /// (`<database>_writer`, `<database>_reader`) with their grants and
+    /// row-level security. Runs as the schema owner, never as a service.
+    Migrate {
+        /// The owner's URL (needs CREATE ROLE), e.g.
+        /// postgres://postgres@127.0.0.1:5432/vigil?sslmode=require
+        #[arg(long, env = "VIGIL_ADMIN_DATABASE_URL")]
+        database_url: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -471,6 +480,23 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 });
             }
             output::sent(cli.output, &id);
+            Ok(())
+        }
+        Command::Admin {
+            command: AdminCommand::Migrate { database_url },
+        } => {
+            let failure = |message: String| Failure { code: 3, message };
+            let pool = sqlx::PgPool::connect(&database_url)
+                .await
+                .map_err(|e| failure(format!("cannot connect to the database: {e}")))?;
+            vigil_writer::MIGRATOR
+                .run(&pool)
+                .await
+                .map_err(|e| failure(format!("migration failed: {e}")))?;
+            pool.close().await;
+            eprintln!(
+                "database schema is current; roles <database>_writer and <database>_reader granted"
+            );
             Ok(())
         }
         Command::Admin {

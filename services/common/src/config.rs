@@ -42,13 +42,15 @@ impl ConfigErrors {
 #[error("invalid configuration:\n  {}", .0.join("\n  "))]
 pub struct InvalidConfig(pub Vec<String>);
 
-/// A server's certificate, its key, and the CA that client certificates must
-/// chain to.
+/// A server's certificate, its key, the CA bundle that client certificates
+/// must chain to, and optionally the CRL of revoked client certificates.
+/// All are re-read when they change (see [`crate::tls::ServerTls`]).
 #[derive(Debug, Clone)]
 pub struct ServerTlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub client_ca: PathBuf,
+    pub crl: Option<PathBuf>,
 }
 
 impl ServerTlsFiles {
@@ -57,6 +59,74 @@ impl ServerTlsFiles {
         errors.check_file(&format!("{prefix}_TLS_CERT"), &self.cert);
         errors.check_file(&format!("{prefix}_TLS_KEY"), &self.key);
         errors.check_file(&format!("{prefix}_TLS_CLIENT_CA"), &self.client_ca);
+        if let Some(crl) = &self.crl {
+            errors.check_file(&format!("{prefix}_TLS_CRL"), crl);
+        }
+    }
+}
+
+/// The networks a listener accepts connections from; checked on the TCP
+/// peer address before the TLS handshake. IPv4-mapped IPv6 peers
+/// (`::ffff:10.0.0.1`) are matched as their IPv4 address.
+#[derive(Debug, Clone)]
+pub struct Allowlist(Vec<ipnet::IpNet>);
+
+impl Allowlist {
+    pub fn new(nets: Vec<ipnet::IpNet>) -> Self {
+        Self(nets)
+    }
+    pub fn permits(&self, ip: std::net::IpAddr) -> bool {
+        crate::tls::ip_in(&self.0, ip)
+    }
+    /// Whether the list lets every address in (`0.0.0.0/0` or `::/0`).
+    pub fn is_wildcard(&self) -> bool {
+        self.0.iter().any(|n| n.prefix_len() == 0)
+    }
+    /// Refuses an empty list, and a wildcard one unless `insecure_dev`.
+    pub fn check(&self, setting: &str, insecure_dev: bool, errors: &mut ConfigErrors) {
+        if self.0.is_empty() {
+            errors.add(setting, "must name at least one network (CIDR)");
+        } else if self.is_wildcard() && !insecure_dev {
+            errors.add(
+                setting,
+                "admits every address; list the networks clients connect from, or pass --insecure-dev",
+            );
+        }
+    }
+}
+
+/// Refuses a Postgres URL that would not insist on TLS (`sslmode` must be
+/// `require`, `verify-ca` or `verify-full`) unless `insecure_dev`.
+pub fn check_database_url(setting: &str, url: &str, insecure_dev: bool, errors: &mut ConfigErrors) {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        errors.add(setting, "must be a postgres:// URL");
+        return;
+    }
+    let mode = url
+        .split_once('?')
+        .map(|(_, query)| query)
+        .unwrap_or_default()
+        .rsplit('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == "sslmode")
+        .map_or("prefer", |(_, v)| v);
+    if !matches!(mode, "require" | "verify-ca" | "verify-full") && !insecure_dev {
+        errors.add(
+            setting,
+            format_args!(
+                "sslmode={mode} lets the connection fall back to plaintext; use sslmode=require, verify-ca or verify-full, or pass --insecure-dev"
+            ),
+        );
+    }
+}
+
+/// Says loudly that a service runs with `--insecure-dev`.
+pub fn warn_insecure(service: &str, insecure_dev: bool) {
+    if insecure_dev {
+        tracing::warn!(
+            service,
+            "--insecure-dev: insecure settings are allowed; never use this in production"
+        );
     }
 }
 
@@ -89,6 +159,59 @@ impl NatsSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn nets(list: &[&str]) -> Allowlist {
+        Allowlist::new(list.iter().filter_map(|n| n.parse().ok()).collect())
+    }
+
+    #[test]
+    fn allowlist_matches_ipv4_mapped_ipv6_as_ipv4() {
+        let allow = nets(&["10.1.0.0/16", "::1/128"]);
+        for (ip, ok) in [
+            ("10.1.2.3", true),
+            ("::ffff:10.1.2.3", true),
+            ("10.2.0.1", false),
+            ("::ffff:10.2.0.1", false),
+            ("::1", true),
+            ("127.0.0.1", false),
+        ] {
+            let ip: std::net::IpAddr = ip.parse().unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+            assert_eq!(allow.permits(ip), ok, "{ip}");
+        }
+    }
+
+    #[test]
+    fn wildcard_allowlist_and_plaintext_postgres_need_insecure_dev() {
+        for insecure in [false, true] {
+            let mut errors = ConfigErrors::new();
+            nets(&["0.0.0.0/0"]).check("X_ALLOW", insecure, &mut errors);
+            check_database_url("X_DB", "postgres://h/db", insecure, &mut errors);
+            check_database_url(
+                "X_DB2",
+                "postgres://h/db?sslmode=disable",
+                insecure,
+                &mut errors,
+            );
+            check_database_url(
+                "X_DB3",
+                "postgres://h/db?sslmode=require",
+                insecure,
+                &mut errors,
+            );
+            let text = errors
+                .into_result()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert_eq!(text.contains("X_ALLOW"), !insecure, "{text}");
+            assert_eq!(text.contains("X_DB:"), !insecure, "{text}");
+            assert_eq!(text.contains("X_DB2"), !insecure, "{text}");
+            assert!(!text.contains("X_DB3"), "{text}");
+        }
+        let mut errors = ConfigErrors::new();
+        nets(&[]).check("X_ALLOW", true, &mut errors);
+        assert!(errors.into_result().is_err());
+    }
 
     #[test]
     fn reports_every_bad_setting_by_name() {

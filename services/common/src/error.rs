@@ -64,6 +64,20 @@ fn describe(violations: &[FieldViolation]) -> String {
 }
 
 impl ApiError {
+    /// The gRPC code's canonical name (`PERMISSION_DENIED`), for audit
+    /// records and logs.
+    pub fn code_name(&self) -> &'static str {
+        match self {
+            ApiError::InvalidArgument(_) => "INVALID_ARGUMENT",
+            ApiError::Unauthenticated(_) => "UNAUTHENTICATED",
+            ApiError::PermissionDenied(_) => "PERMISSION_DENIED",
+            ApiError::NotFound(_) => "NOT_FOUND",
+            ApiError::ResourceExhausted { .. } => "RESOURCE_EXHAUSTED",
+            ApiError::Unavailable { .. } => "UNAVAILABLE",
+            ApiError::Internal(_) => "INTERNAL",
+        }
+    }
+
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
         ApiError::InvalidArgument(vec![FieldViolation::new(field, reason)])
     }

@@ -1,21 +1,184 @@
-//! The one way vigil serves gRPC to the outside: mTLS connections from
-//! [`crate::tls::incoming`], keepalive enforced, a cap on concurrent
-//! streams per connection, server reflection (only to callers that passed
-//! mTLS), and a drain bounded by [`crate::shutdown::GRACE_PERIOD`].
+//! The one way vigil serves gRPC to the outside: an [`Edge`] (allowlist
+//! before TLS, mTLS with reloadable material, a rate limit per verified
+//! identity), keepalive enforced, a cap on concurrent streams per
+//! connection, server reflection (only to callers that passed mTLS), and a
+//! drain bounded by [`crate::shutdown::GRACE_PERIOD`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use governor::middleware::NoOpMiddleware;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Router;
+use tower::layer::util::{Identity as NoLayer, Stack};
+use tower_governor::GovernorLayer;
+use tower_governor::governor::GovernorConfigBuilder;
+use tower_governor::key_extractor::KeyExtractor;
+
+use crate::config::Allowlist;
+use crate::error::ApiError;
+use crate::identity::PeerInfo;
+use crate::tls::ServerTls;
+
+/// How often a listener re-reads its TLS files by default.
+pub const TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Calls allowed per verified identity: `per_second` sustained, bursts of
+/// `burst`.
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimit {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+/// What stands between the network and a service.
+pub struct Edge {
+    pub tls: Arc<ServerTls>,
+    pub allow: Arc<Allowlist>,
+    pub rate: RateLimit,
+    pub tls_reload: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_grpc_timeout_headers() {
+        for (value, expected) in [
+            ("250m", Some(Duration::from_millis(250))),
+            ("3S", Some(Duration::from_secs(3))),
+            ("2M", Some(Duration::from_secs(120))),
+            ("1H", Some(Duration::from_secs(3600))),
+            ("10u", Some(Duration::from_micros(10))),
+            ("5n", Some(Duration::from_nanos(5))),
+            ("5", None),
+            ("m", None),
+            ("12x", None),
+            ("-1S", None),
+            ("1234567890S", None),
+        ] {
+            let mut md = tonic::metadata::MetadataMap::new();
+            if let Ok(v) = value.parse() {
+                md.insert("grpc-timeout", v);
+            }
+            assert_eq!(deadline(&md), expected, "{value}");
+        }
+    }
+}
+
+impl Edge {
+    /// Loads the TLS material (errors name the file).
+    pub fn load(
+        tls: &crate::config::ServerTlsFiles,
+        allow: Allowlist,
+        rate: RateLimit,
+    ) -> Result<Self, crate::tls::TlsError> {
+        Ok(Self {
+            tls: ServerTls::load(tls)?,
+            allow: Arc::new(allow),
+            rate,
+            tls_reload: TLS_RELOAD_INTERVAL,
+        })
+    }
+}
+
+/// Keys the rate limit on the identity from the verified client
+/// certificate, which a client cannot choose per request (headers can be).
+#[derive(Debug, Clone, Copy)]
+pub struct IdentityKey;
+
+impl KeyExtractor for IdentityKey {
+    type Key = String;
+    fn extract<T>(
+        &self,
+        req: &http::Request<T>,
+    ) -> Result<Self::Key, tower_governor::GovernorError> {
+        let info = req
+            .extensions()
+            .get::<PeerInfo>()
+            .ok_or(tower_governor::GovernorError::UnableToExtractKey)?;
+        Ok(match &info.identity {
+            Ok(identity) => identity.to_string(),
+            // Unusable identities are refused by the service; still limit them.
+            Err(_) => format!("unidentified:{:?}", info.remote_addr.map(|a| a.ip())),
+        })
+    }
+}
+
+type RateLayer = GovernorLayer<IdentityKey, NoOpMiddleware, tonic::body::Body>;
+
+/// A tonic server with vigil's connection settings.
+pub type VigilServer = tonic::transport::Server<Stack<RateLayer, NoLayer>>;
+
+fn rate_layer(rate: RateLimit) -> RateLayer {
+    let per_second = rate.per_second.max(1);
+    let config = GovernorConfigBuilder::default()
+        .period(Duration::from_nanos(1_000_000_000 / u64::from(per_second)))
+        .burst_size(rate.burst.max(1))
+        .key_extractor(IdentityKey)
+        .finish();
+    let layer = match config {
+        Some(config) => GovernorLayer::new(config),
+        // Unreachable: period and burst are non-zero above.
+        None => GovernorLayer::new(
+            GovernorConfigBuilder::default()
+                .key_extractor(IdentityKey)
+                .finish()
+                .unwrap_or_else(|| unreachable!("default governor config is valid")),
+        ),
+    };
+    layer.error_handler(|error| {
+        let api = match error {
+            tower_governor::GovernorError::TooManyRequests { wait_time, .. } => {
+                ApiError::ResourceExhausted {
+                    reason: format!("rate limit for this identity exceeded; retry in {wait_time}s"),
+                    retry_after: Duration::from_secs(wait_time.max(1)),
+                }
+            }
+            other => ApiError::Unauthenticated(other.to_string()),
+        };
+        tonic::Status::from(api).into_http()
+    })
+}
 
 /// A server with vigil's connection settings, ready for `add_service`.
-pub fn server(max_concurrent_streams: u32) -> tonic::transport::Server {
+pub fn server(max_concurrent_streams: u32, rate: RateLimit) -> VigilServer {
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .max_concurrent_streams(Some(max_concurrent_streams))
+        // Bounds what one connection may buffer before the service reads it.
+        .initial_stream_window_size(Some(1024 * 1024))
+        .initial_connection_window_size(Some(4 * 1024 * 1024))
+        .max_frame_size(Some(64 * 1024))
+        // Headers are a few hundred bytes; refuse megabytes of them.
+        .http2_max_header_list_size(16 * 1024)
+        // HTTP/2 "rapid reset": a client may not open and cancel streams
+        // faster than they are served.
+        .http2_max_pending_accept_reset_streams(Some(64))
+        .layer(rate_layer(rate))
+}
+
+/// The caller's deadline from its `grpc-timeout` header (`<digits><unit>`,
+/// unit one of H M S m u n), if it sent a valid one.
+pub fn deadline(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 /// `grpc.reflection.v1` for every vigil package, or `None` (logged) if the
@@ -32,15 +195,21 @@ pub fn reflection() -> Option<
         .ok()
 }
 
-/// Serves `router` on `listener` over mTLS until `shutdown`, then drains
-/// in-flight calls for at most the grace period.
+/// Serves `router` on `listener` behind `edge` until `shutdown`, then
+/// drains in-flight calls for at most the grace period.
 pub async fn serve_mtls(
-    router: Router,
+    router: Router<Stack<RateLayer, NoLayer>>,
     listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
+    edge: &Edge,
     shutdown: &CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
-    let incoming = crate::tls::incoming(listener, tls, shutdown.clone());
+    edge.tls.watch(edge.tls_reload, shutdown.clone());
+    let incoming = crate::tls::incoming(
+        listener,
+        edge.tls.clone(),
+        edge.allow.clone(),
+        shutdown.clone(),
+    );
     let serving = router.serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
     crate::shutdown::drain_within(shutdown, serving)
         .await

@@ -149,6 +149,28 @@ pub async fn provision(
         limits.ack_wait,
     )
     .await?;
+    let audit = stream::Config {
+        name: subjects::AUDIT_STREAM.to_owned(),
+        subjects: vec![subjects::AUDIT_WILDCARD.to_owned()],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        // Append-only: no message delete, no purge (JetStream refuses both).
+        deny_delete: true,
+        deny_purge: true,
+        // The audit trail is never discarded to make room.
+        discard: stream::DiscardPolicy::New,
+        duplicate_window: DUPLICATE_WINDOW,
+        num_replicas: 1,
+        ..Default::default()
+    };
+    let audit = ensure_stream(&js, audit, subjects::AUDIT_STREAM).await?;
+    durable(
+        &audit,
+        subjects::AUDIT_STREAM,
+        subjects::WRITER_AUDIT_CONSUMER,
+        limits.ack_wait,
+    )
+    .await?;
     if js.get_key_value(CORRELATOR_BUCKET).await.is_err() {
         js.create_key_value(jetstream::kv::Config {
             bucket: CORRELATOR_BUCKET.to_owned(),

@@ -23,6 +23,19 @@ pub const MAX_CORRELATOR_PARTITIONS: u32 = 4;
 pub const DLQ_STREAM: &str = "DLQ";
 /// Subjects of [`DLQ_STREAM`].
 pub const DLQ_WILDCARD: &str = "dlq.>";
+/// The append-only stream of audit records (`audit.>`): no message can be
+/// deleted and the stream cannot be purged.
+pub const AUDIT_STREAM: &str = "AUDIT";
+/// Subjects of [`AUDIT_STREAM`].
+pub const AUDIT_WILDCARD: &str = "audit.>";
+/// The writer's durable consumer on [`AUDIT_STREAM`].
+pub const WRITER_AUDIT_CONSUMER: &str = "writer";
+
+/// `audit.<service>`: where `service` records who asked it what.
+pub fn audit_subject(service: &str) -> String {
+    format!("audit.{service}")
+}
+
 /// Request/reply subject the reader answers `ListEvents` on.
 pub const QUERY_EVENTS: &str = "query.events";
 /// Queue group of the readers on [`QUERY_EVENTS`], so each request is

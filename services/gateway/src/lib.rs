@@ -9,18 +9,18 @@
 //! - this file: configuration, [`build`] (binds, connects) and
 //!   [`Gateway::run_until_stopped`].
 
+pub mod pseudonym;
 pub mod publish;
 pub mod service;
 pub mod validate;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use vigil_common::config::{ConfigErrors, InvalidConfig, NatsSettings, ServerTlsFiles};
+use vigil_common::config::{Allowlist, ConfigErrors, InvalidConfig, NatsSettings, ServerTlsFiles};
 use vigil_proto::ingest::v1::ingest_service_server::IngestServiceServer;
 
 /// Gateway settings; every one is a flag and a `VIGIL_GATEWAY_*` env var.
@@ -79,6 +79,37 @@ pub struct Config {
         default_value = "certs/out/nats/gateway.key"
     )]
     pub nats_key: PathBuf,
+    /// CRL (PEM) of revoked client certificates; re-read when it changes,
+    /// and connections of newly revoked certificates are cut.
+    #[arg(long, env = "VIGIL_GATEWAY_TLS_CRL")]
+    pub tls_crl: Option<PathBuf>,
+    /// Networks (CIDR, comma-separated) allowed to connect; others are
+    /// closed before the TLS handshake.
+    #[arg(
+        long,
+        env = "VIGIL_GATEWAY_ALLOW",
+        value_delimiter = ',',
+        default_value = "127.0.0.0/8,::1/128"
+    )]
+    pub allow: Vec<ipnet::IpNet>,
+    /// Calls per second allowed per client identity (sustained).
+    #[arg(long, env = "VIGIL_GATEWAY_RATE_PER_SEC", default_value_t = 200)]
+    pub rate_per_sec: u32,
+    /// Calls per client identity allowed in a burst.
+    #[arg(long, env = "VIGIL_GATEWAY_RATE_BURST", default_value_t = 400)]
+    pub rate_burst: u32,
+    /// Allow insecure settings (a wildcard allowlist, Postgres without TLS);
+    /// for development only, and said so at start-up.
+    #[arg(long, env = "VIGIL_GATEWAY_INSECURE_DEV")]
+    pub insecure_dev: bool,
+    /// Per-tenant pseudonymisation (see deploy/pseudonymise.toml): the
+    /// named fields are replaced by a keyed hash before anything is stored.
+    #[arg(long, env = "VIGIL_GATEWAY_PSEUDONYMISE")]
+    pub pseudonymise: Option<PathBuf>,
+    /// The secret (at least 32 bytes) pseudonyms are keyed with; required
+    /// with --pseudonymise. Changing it changes every pseudonym.
+    #[arg(long, env = "VIGIL_GATEWAY_PSEUDONYM_KEY")]
+    pub pseudonym_key: Option<PathBuf>,
     /// Events more than this many seconds ahead of the gateway clock are refused.
     #[arg(
         long,
@@ -104,6 +135,7 @@ impl Config {
             cert: self.tls_cert.clone(),
             key: self.tls_key.clone(),
             client_ca: self.tls_client_ca.clone(),
+            crl: self.tls_crl.clone(),
         }
     }
 
@@ -122,13 +154,41 @@ impl Config {
         let mut errors = ConfigErrors::new();
         self.tls_files().check("VIGIL_GATEWAY", &mut errors);
         self.nats().check("VIGIL_GATEWAY", &mut errors);
+        self.allowlist()
+            .check("VIGIL_GATEWAY_ALLOW", self.insecure_dev, &mut errors);
+        if self.rate_per_sec == 0 || self.rate_burst == 0 {
+            errors.add(
+                "VIGIL_GATEWAY_RATE_PER_SEC",
+                "rate and burst (VIGIL_GATEWAY_RATE_BURST) must be at least 1",
+            );
+        }
         if self.max_batch_events == 0 || self.max_batch_events > 10_000 {
             errors.add("VIGIL_GATEWAY_MAX_BATCH_EVENTS", "must be 1 to 10000");
+        }
+        match (&self.pseudonymise, &self.pseudonym_key) {
+            (Some(config), Some(key)) => {
+                if let Err(e) = pseudonym::Pseudonymiser::load(config, key) {
+                    errors.add("VIGIL_GATEWAY_PSEUDONYMISE", e);
+                }
+            }
+            (Some(_), None) => errors.add(
+                "VIGIL_GATEWAY_PSEUDONYM_KEY",
+                "required with VIGIL_GATEWAY_PSEUDONYMISE",
+            ),
+            (None, Some(_)) => errors.add(
+                "VIGIL_GATEWAY_PSEUDONYMISE",
+                "required with VIGIL_GATEWAY_PSEUDONYM_KEY",
+            ),
+            (None, None) => {}
         }
         if self.publish_timeout_secs == 0 {
             errors.add("VIGIL_GATEWAY_PUBLISH_TIMEOUT_SECS", "must be at least 1");
         }
         errors.into_result()
+    }
+
+    pub fn allowlist(&self) -> Allowlist {
+        Allowlist::new(self.allow.clone())
     }
 
     fn limits(&self) -> validate::Limits {
@@ -161,7 +221,7 @@ pub enum GatewayError {
 pub struct Gateway {
     listener: TcpListener,
     health_listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
+    edge: vigil_common::grpc::Edge,
     nats: async_nats::Client,
     api: service::IngestApi,
 }
@@ -176,7 +236,15 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, GatewayError> {
 /// both listeners (port 0 picks a free port; see [`Gateway::local_addr`]).
 pub async fn build(config: &Config) -> Result<Gateway, GatewayError> {
     config.validate()?;
-    let tls = vigil_common::tls::server_config(&config.tls_files())?;
+    vigil_common::config::warn_insecure("gateway", config.insecure_dev);
+    let edge = vigil_common::grpc::Edge::load(
+        &config.tls_files(),
+        config.allowlist(),
+        vigil_common::grpc::RateLimit {
+            per_second: config.rate_per_sec,
+            burst: config.rate_burst,
+        },
+    )?;
     let nats = vigil_common::nats::connect(&config.nats(), "vigil-gateway").await?;
     let mut js = async_nats::jetstream::new(nats.clone());
     js.set_timeout(Duration::from_secs(config.publish_timeout_secs));
@@ -185,11 +253,18 @@ pub async fn build(config: &Config) -> Result<Gateway, GatewayError> {
         config.limits(),
         config.max_batch_events,
         Duration::from_secs(config.publish_timeout_secs),
+        match (&config.pseudonymise, &config.pseudonym_key) {
+            (Some(file), Some(key)) => Some(
+                pseudonym::Pseudonymiser::load(file, key)
+                    .map_err(|e| GatewayError::Config(InvalidConfig(vec![e])))?,
+            ),
+            _ => None,
+        },
     );
     Ok(Gateway {
         listener: bind(config.listen).await?,
         health_listener: bind(config.health_listen).await?,
-        tls,
+        edge,
         nats,
         api,
     })
@@ -251,10 +326,10 @@ impl Gateway {
         let ingest = IngestServiceServer::new(self.api)
             // Room for a full batch of maximal events, and no more.
             .max_decoding_message_size(16 * 1024 * 1024);
-        let router = vigil_common::grpc::server(256)
+        let router = vigil_common::grpc::server(256, self.edge.rate)
             .add_service(ingest)
             .add_optional_service(vigil_common::grpc::reflection());
-        vigil_common::grpc::serve_mtls(router, self.listener, self.tls, &shutdown).await?;
+        vigil_common::grpc::serve_mtls(router, self.listener, &self.edge, &shutdown).await?;
         vigil_common::nats::flush_within(&self.nats, vigil_common::shutdown::FLUSH_LIMIT).await;
         let _ = health_task.await;
         tracing::info!("gateway stopped");

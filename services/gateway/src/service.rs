@@ -31,6 +31,7 @@ struct Inner {
     limits: Limits,
     max_batch_events: usize,
     publish_timeout: Duration,
+    pseudonyms: Option<crate::pseudonym::Pseudonymiser>,
 }
 
 /// What one batch came to.
@@ -45,6 +46,7 @@ impl IngestApi {
         limits: Limits,
         max_batch_events: usize,
         publish_timeout: Duration,
+        pseudonyms: Option<crate::pseudonym::Pseudonymiser>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -52,6 +54,7 @@ impl IngestApi {
                 limits,
                 max_batch_events,
                 publish_timeout,
+                pseudonyms,
             }),
         }
     }
@@ -62,6 +65,12 @@ impl IngestApi {
         events: Vec<SecurityEvent>,
     ) -> Result<Outcome, ApiError> {
         let inner = &self.inner;
+        if events.is_empty() {
+            return Err(ApiError::invalid(
+                "events",
+                "at least one event is required",
+            ));
+        }
         if events.len() > inner.max_batch_events {
             return Err(ApiError::invalid(
                 "events",
@@ -80,7 +89,10 @@ impl IngestApi {
         for (index, event) in events.into_iter().enumerate() {
             let sent_id: String = event.event_id.chars().take(64).collect();
             match validate::validate(event, device, now, &inner.limits) {
-                Ok(ok) => {
+                Ok(mut ok) => {
+                    if let Some(p) = &inner.pseudonyms {
+                        p.apply(&ok.tenant, &mut ok.event);
+                    }
                     // The same id twice in one request is one event.
                     if seen.insert(ok.event.event_id.clone()) {
                         accepted.push(ok);
@@ -157,15 +169,42 @@ impl IngestService for IngestApi {
         let (tx, rx) = mpsc::channel(4);
         let api = self.clone();
         tokio::spawn(async move {
+            let mut received = 0u64;
             loop {
                 let next = match inbound.message().await {
                     Ok(Some(next)) => next,
+                    Ok(None) if received == 0 => {
+                        // Also what tonic reports for a stream whose only
+                        // frame was cut after its length prefix.
+                        let _ = tx
+                            .send(Err(Status::invalid_argument(
+                                "the stream ended before its first complete batch",
+                            )))
+                            .await;
+                        break;
+                    }
                     Ok(None) => break,
                     Err(status) => {
-                        tracing::debug!(%status, "publish stream ended by client");
+                        // A malformed frame ends the stream with a status
+                        // that says so (a client that went away never
+                        // reads it); batches before it were answered.
+                        tracing::debug!(%status, "publish stream read failed");
+                        let code = match status.code() {
+                            tonic::Code::Internal | tonic::Code::Unknown => {
+                                tonic::Code::InvalidArgument
+                            }
+                            other => other,
+                        };
+                        let _ = tx
+                            .send(Err(Status::new(
+                                code,
+                                format!("cannot read the next batch: {}", status.message()),
+                            )))
+                            .await;
                         break;
                     }
                 };
+                received += 1;
                 let reply = match api.ingest(&device, next.events).await {
                     Ok(outcome) => Ok(PublishStreamResponse {
                         batch_seq: next.batch_seq,

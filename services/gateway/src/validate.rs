@@ -496,4 +496,107 @@ mod tests {
         }
         assert!(validate(event, &device(), NOW, &Limits::default()).is_ok());
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+        use prost::Message;
+
+        fn mutated() -> impl Strategy<Value = SecurityEvent> {
+            (
+                any::<i32>(),
+                any::<i32>(),
+                prop_oneof![Just(0i32), 1..=6, Just(99), any::<i32>()],
+                -10_000_000i64..10_000_000,
+                "\\PC{0,300}",
+                prop_oneof![Just(String::new()), Just("acme".to_owned()), "[a-z]{1,8}"],
+                prop_oneof![
+                    Just(String::new()),
+                    Just("cam-01".to_owned()),
+                    "[a-z0-9-]{1,8}"
+                ],
+                proptest::collection::btree_map("\\PC{0,200}", "\\PC{0,2000}", 0..80),
+                "\\PC{0,400}",
+            )
+                .prop_map(
+                    |(class, activity, severity, skew, message, tenant, dev, unmapped, user)| {
+                        let mut e = good();
+                        if class % 3 == 0 {
+                            e.class_uid = class;
+                        }
+                        if activity % 3 == 0 {
+                            e.activity_id = activity;
+                        }
+                        e.severity_id = severity;
+                        e.time = NOW + skew * 100;
+                        e.message = message;
+                        let meta = e.metadata.get_or_insert_default();
+                        meta.tenant = tenant;
+                        meta.device = dev;
+                        e.unmapped = unmapped.into_iter().collect();
+                        e.actor = Some(vigil_proto::event::v1::Actor {
+                            user: Some(vigil_proto::event::v1::User {
+                                name: user,
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        });
+                        e
+                    },
+                )
+        }
+
+        proptest! {
+            /// Whatever is sent, an accepted event belongs to the caller,
+            /// carries the gateway's ingest time, is within every limit,
+            /// and has consistent OCSF uids.
+            #[test]
+            fn accepted_events_keep_every_invariant(event in mutated()) {
+                let limits = Limits::default();
+                if let Ok(a) = validate(event, &device(), NOW, &limits) {
+                    let meta = a.event.metadata.clone().unwrap_or_default();
+                    prop_assert_eq!(&a.tenant, "acme");
+                    prop_assert_eq!(meta.tenant.as_str(), "acme");
+                    prop_assert_eq!(meta.device.as_str(), "cam-01");
+                    prop_assert_eq!(meta.ingest_time, NOW);
+                    prop_assert!(a.event.encoded_len() <= limits.max_event_bytes);
+                    prop_assert!(a.event.message.len() <= limits.max_message_bytes);
+                    prop_assert!(a.event.unmapped.len() <= limits.max_unmapped_entries);
+                    prop_assert!(SEVERITIES.contains(&a.event.severity_id));
+                    prop_assert_eq!(a.event.category_uid, a.event.class_uid / 1000);
+                    prop_assert_eq!(
+                        a.event.type_uid,
+                        i64::from(a.event.class_uid) * 100 + i64::from(a.event.activity_id)
+                    );
+                    prop_assert!(a.event.time <= NOW + 5 * 60 * 1000);
+                }
+            }
+
+            /// Claiming another tenant or device is always PERMISSION_DENIED,
+            /// whatever else is wrong with the event.
+            #[test]
+            fn another_identity_is_always_permission_denied(
+                event in mutated(),
+                tenant in "[a-z]{1,8}",
+            ) {
+                prop_assume!(tenant != "acme");
+                let mut event = event;
+                event.metadata.get_or_insert_default().tenant = tenant;
+                let refused = validate(event, &device(), NOW, &Limits::default());
+                prop_assert!(matches!(refused, Err(r) if r.code == RejectionCode::PermissionDenied));
+            }
+
+            /// Arbitrary bytes either fail to decode or validate without
+            /// panicking; a refusal always names a field.
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+                if let Ok(event) = SecurityEvent::decode(bytes.as_slice())
+                    && let Err(r) = validate(event, &device(), NOW, &Limits::default())
+                {
+                    prop_assert!(!r.field.is_empty());
+                    prop_assert!(!r.reason.is_empty());
+                }
+            }
+        }
+    }
 }

@@ -1,11 +1,14 @@
 //! The vigil reader: `vigil.query.v1.QueryService` over mTLS gRPC for
 //! analysts, and the same `ListEvents` on NATS `query.events`.
 //!
-//! - [`query`]: request validation, SQL, page tokens; shared by both APIs.
+//! - [`query`]: request validation, SQL in transactions scoped by Postgres
+//!   row-level security, signed page tokens; shared by both APIs.
 //! - [`service`]: gRPC, with the caller's identity from its certificate.
+//! - [`audit`]: every call recorded on `audit.reader` before it is answered.
 //! - [`nats_api`]: the NATS responder.
 //! - this file: configuration, [`build`], [`Reader::run_until_stopped`].
 
+pub mod audit;
 pub mod nats_api;
 pub mod query;
 pub mod service;
@@ -15,10 +18,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use vigil_common::config::{ConfigErrors, InvalidConfig, NatsSettings, ServerTlsFiles};
+use vigil_common::config::{Allowlist, ConfigErrors, InvalidConfig, NatsSettings, ServerTlsFiles};
 use vigil_proto::query::v1::query_service_server::QueryServiceServer;
 
 /// Reader settings; every one is a flag and a `VIGIL_READER_*` env var.
@@ -72,6 +74,29 @@ pub struct Config {
         default_value = "certs/out/nats/reader.key"
     )]
     pub nats_key: PathBuf,
+    /// CRL (PEM) of revoked client certificates; re-read when it changes,
+    /// and connections of newly revoked certificates are cut.
+    #[arg(long, env = "VIGIL_READER_TLS_CRL")]
+    pub tls_crl: Option<PathBuf>,
+    /// Networks (CIDR, comma-separated) allowed to connect; others are
+    /// closed before the TLS handshake.
+    #[arg(
+        long,
+        env = "VIGIL_READER_ALLOW",
+        value_delimiter = ',',
+        default_value = "127.0.0.0/8,::1/128"
+    )]
+    pub allow: Vec<ipnet::IpNet>,
+    /// Calls per second allowed per client identity (sustained).
+    #[arg(long, env = "VIGIL_READER_RATE_PER_SEC", default_value_t = 50)]
+    pub rate_per_sec: u32,
+    /// Calls per client identity allowed in a burst.
+    #[arg(long, env = "VIGIL_READER_RATE_BURST", default_value_t = 100)]
+    pub rate_burst: u32,
+    /// Allow insecure settings (a wildcard allowlist, Postgres without TLS);
+    /// for development only, and said so at start-up.
+    #[arg(long, env = "VIGIL_READER_INSECURE_DEV")]
+    pub insecure_dev: bool,
     /// Who may query which tenants (see deploy/policy.toml); re-read when it
     /// changes.
     #[arg(
@@ -80,6 +105,11 @@ pub struct Config {
         default_value = "deploy/policy.toml"
     )]
     pub policy: PathBuf,
+    /// File holding the secret (at least 32 bytes) page tokens are signed
+    /// with; readers behind one address must share it. Unset: a random key,
+    /// so page tokens stop working when the reader restarts.
+    #[arg(long, env = "VIGIL_READER_PAGE_TOKEN_KEY")]
+    pub page_token_key: Option<PathBuf>,
     /// A query running longer than this is cancelled.
     #[arg(long, env = "VIGIL_READER_QUERY_TIMEOUT_SECS", default_value_t = 10)]
     pub query_timeout_secs: u64,
@@ -91,6 +121,7 @@ impl Config {
             cert: self.tls_cert.clone(),
             key: self.tls_key.clone(),
             client_ca: self.tls_client_ca.clone(),
+            crl: self.tls_crl.clone(),
         }
     }
 
@@ -104,6 +135,10 @@ impl Config {
         }
     }
 
+    pub fn allowlist(&self) -> Allowlist {
+        Allowlist::new(self.allow.clone())
+    }
+
     pub fn validate(&self) -> Result<(), InvalidConfig> {
         let mut errors = ConfigErrors::new();
         self.tls_files().check("VIGIL_READER", &mut errors);
@@ -111,10 +146,29 @@ impl Config {
         if let Err(e) = vigil_common::policy::Policy::load(&self.policy) {
             errors.add("VIGIL_READER_POLICY", e);
         }
-        if !(self.database_url.starts_with("postgres://")
-            || self.database_url.starts_with("postgresql://"))
-        {
-            errors.add("VIGIL_READER_DATABASE_URL", "must be a postgres:// URL");
+        vigil_common::config::check_database_url(
+            "VIGIL_READER_DATABASE_URL",
+            &self.database_url,
+            self.insecure_dev,
+            &mut errors,
+        );
+        self.allowlist()
+            .check("VIGIL_READER_ALLOW", self.insecure_dev, &mut errors);
+        if self.rate_per_sec == 0 || self.rate_burst == 0 {
+            errors.add(
+                "VIGIL_READER_RATE_PER_SEC",
+                "rate and burst (VIGIL_READER_RATE_BURST) must be at least 1",
+            );
+        }
+        if let Some(path) = &self.page_token_key {
+            match std::fs::read(path) {
+                Ok(secret) if secret.len() >= 32 => {}
+                Ok(_) => errors.add("VIGIL_READER_PAGE_TOKEN_KEY", "must hold at least 32 bytes"),
+                Err(e) => errors.add(
+                    "VIGIL_READER_PAGE_TOKEN_KEY",
+                    format_args!("cannot read {}: {e}", path.display()),
+                ),
+            }
         }
         if self.query_timeout_secs == 0 {
             errors.add("VIGIL_READER_QUERY_TIMEOUT_SECS", "must be at least 1");
@@ -149,8 +203,8 @@ pub enum ReaderError {
 pub struct Reader {
     listener: TcpListener,
     health_listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
-    pool: PgPool,
+    edge: vigil_common::grpc::Edge,
+    db: Arc<query::Db>,
     nats: async_nats::Client,
     policy: vigil_common::policy::LivePolicy,
     /// Stops the policy watcher when the reader stops.
@@ -165,7 +219,15 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ReaderError> {
 
 pub async fn build(config: &Config) -> Result<Reader, ReaderError> {
     config.validate()?;
-    let tls = vigil_common::tls::server_config(&config.tls_files())?;
+    vigil_common::config::warn_insecure("reader", config.insecure_dev);
+    let edge = vigil_common::grpc::Edge::load(
+        &config.tls_files(),
+        config.allowlist(),
+        vigil_common::grpc::RateLimit {
+            per_second: config.rate_per_sec,
+            burst: config.rate_burst,
+        },
+    )?;
     let timeout_ms = config.query_timeout_secs * 1000;
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(8)
@@ -184,6 +246,16 @@ pub async fn build(config: &Config) -> Result<Reader, ReaderError> {
         .await
         .map_err(ReaderError::Database)?;
     let nats = vigil_common::nats::connect(&config.nats(), "vigil-reader").await?;
+    let tokens = match &config.page_token_key {
+        Some(path) => query::PageTokens::new(&std::fs::read(path).map_err(|e| {
+            ReaderError::Config(InvalidConfig(vec![format!(
+                "VIGIL_READER_PAGE_TOKEN_KEY: cannot read {}: {e}",
+                path.display()
+            )]))
+        })?),
+        None => query::PageTokens::random()
+            .map_err(|e| ReaderError::Config(InvalidConfig(vec![e.to_string()])))?,
+    };
     let policy_watch = CancellationToken::new();
     let policy = vigil_common::policy::LivePolicy::watch(
         config.policy.clone(),
@@ -195,8 +267,12 @@ pub async fn build(config: &Config) -> Result<Reader, ReaderError> {
         policy_watch,
         listener: bind(config.listen).await?,
         health_listener: bind(config.health_listen).await?,
-        tls,
-        pool,
+        edge,
+        db: Arc::new(query::Db {
+            pool,
+            tokens,
+            max_statement_time: Duration::from_secs(config.query_timeout_secs),
+        }),
         nats,
     })
 }
@@ -226,25 +302,28 @@ impl Reader {
                     .await;
             });
         }
+        let audit = audit::Auditor::new(self.nats.clone());
         let nats_task = tokio::spawn(nats_api::serve(
             self.nats.clone(),
-            self.pool.clone(),
+            self.db.clone(),
+            audit.clone(),
             shutdown.clone(),
         ));
-        let router = vigil_common::grpc::server(128)
+        let router = vigil_common::grpc::server(128, self.edge.rate)
             .add_service(QueryServiceServer::new(service::QueryApi::new(
-                self.pool.clone(),
+                self.db.clone(),
                 self.policy.clone(),
+                audit,
             )))
             .add_optional_service(vigil_common::grpc::reflection());
-        vigil_common::grpc::serve_mtls(router, self.listener, self.tls, &shutdown).await?;
+        vigil_common::grpc::serve_mtls(router, self.listener, &self.edge, &shutdown).await?;
         match nats_task.await {
             Ok(Err(error)) => tracing::warn!(%error, "query.events responder failed"),
             Err(error) => tracing::warn!(%error, "query.events responder panicked"),
             Ok(Ok(())) => {}
         }
         self.policy_watch.cancel();
-        self.pool.close().await;
+        self.db.pool.close().await;
         let _ = health_task.await;
         tracing::info!("reader stopped");
         Ok(())

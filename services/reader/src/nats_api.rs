@@ -8,7 +8,8 @@
 use bytes::Bytes;
 use futures::StreamExt;
 use prost::Message;
-use sqlx::PgPool;
+use std::sync::Arc;
+
 use tokio_util::sync::CancellationToken;
 use vigil_common::error::ApiError;
 use vigil_common::subjects::{
@@ -17,12 +18,18 @@ use vigil_common::subjects::{
 };
 use vigil_proto::query::v1::ListEventsRequest;
 
-use crate::query::{self, EventQuery, TenantScope};
+use crate::audit::Auditor;
+use crate::query::{self, Caller, Db, EventQuery, TenantScope};
+
+/// How NATS callers are named in page tokens and the audit trail; who they
+/// are is NATS's business (only users allowed to publish `query.events`).
+pub const NATS_CALLER: &str = "nats:query.events";
 
 /// Subscribes (queue group `reader`) and answers until `shutdown`.
 pub async fn serve(
     nats: async_nats::Client,
-    pool: PgPool,
+    db: Arc<Db>,
+    audit: Auditor,
     shutdown: CancellationToken,
 ) -> Result<(), async_nats::SubscribeError> {
     let mut requests = nats
@@ -38,9 +45,10 @@ pub async fn serve(
             continue;
         };
         let nats = nats.clone();
-        let pool = pool.clone();
+        let db = db.clone();
+        let audit = audit.clone();
         tasks.spawn(async move {
-            let (payload, headers) = match answer(&pool, &message.payload).await {
+            let (payload, headers) = match answer(&db, &audit, &message.payload).await {
                 Ok(payload) => {
                     let mut headers = async_nats::HeaderMap::new();
                     headers.insert("Content-Type", PROTOBUF_CONTENT_TYPE);
@@ -66,11 +74,35 @@ pub async fn serve(
     Ok(())
 }
 
-async fn answer(pool: &PgPool, payload: &[u8]) -> Result<Bytes, ApiError> {
+async fn answer(db: &Db, audit: &Auditor, payload: &[u8]) -> Result<Bytes, ApiError> {
+    let caller = Caller {
+        name: NATS_CALLER.to_owned(),
+        scope: TenantScope::All,
+    };
     let request = ListEventsRequest::decode(payload)
-        .map_err(|_| ApiError::invalid("request", "not a vigil.query.v1.ListEventsRequest"))?;
-    let query = EventQuery::parse(&request)?;
-    let response = query::list_events(pool, &TenantScope::All, &query).await?;
+        .map_err(|_| ApiError::invalid("request", "not a vigil.query.v1.ListEventsRequest"));
+    let filter = match &request {
+        Ok(r) => serde_json::json!({
+            "min_severity": r.min_severity,
+            "class_uids": r.class_uids,
+            "source_device": r.source_device,
+            "start_time": r.start_time,
+            "end_time": r.end_time,
+            "limit": r.limit,
+            "next_page": !r.page_token.is_empty(),
+        }),
+        Err(_) => serde_json::json!({ "undecodable": true }),
+    };
+    let result = async {
+        let query = EventQuery::parse(&request?, &db.tokens, &caller.name)?;
+        query::list_events(db, &caller, None, &query).await
+    }
+    .await;
+    let response = audit
+        .seal(&caller.name, "nats:query.events", filter, result, |r| {
+            r.events.len()
+        })
+        .await?;
     Ok(Bytes::from(response.encode_to_vec()))
 }
 

@@ -7,7 +7,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use prost::Message;
 use sha2::{Digest, Sha256};
-use sqlx::{PgPool, Row};
+use sqlx::{PgPool, Postgres, Row, Transaction};
 use vigil_common::error::{ApiError, FieldViolation};
 use vigil_proto::event::v1::SecurityEvent;
 use vigil_proto::finding::v1::Finding;
@@ -26,6 +26,129 @@ pub const MAX_LIMIT: u32 = 1000;
 pub enum TenantScope {
     All,
     Only(Vec<String>),
+}
+
+/// Who is asking: the identity page tokens are bound to (and audit names),
+/// and the tenants it may see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub name: String,
+    pub scope: TenantScope,
+}
+
+/// Signs and checks page tokens: HMAC-SHA256 over the keyset position, the
+/// filters and the caller, so a token cannot be altered, reused with other
+/// filters, or replayed by another caller.
+pub struct PageTokens {
+    key: ring::hmac::Key,
+}
+
+impl PageTokens {
+    /// Tokens signed with `secret` (share it between readers behind one
+    /// address so a page token works on any of them).
+    pub fn new(secret: &[u8]) -> Self {
+        Self {
+            key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret),
+        }
+    }
+
+    /// Tokens signed with a random key: valid until this process exits.
+    pub fn random() -> Result<Self, ApiError> {
+        let key =
+            ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())
+                .map_err(|_| ApiError::Internal("no randomness for the page token key".into()))?;
+        Ok(Self { key })
+    }
+
+    fn signed(caller: &str, filter_hash: &str, position: &str) -> String {
+        format!("{caller}\n{filter_hash}\n{position}")
+    }
+
+    /// `<base64url("v2.<time ms>.<id>")>.<mac>`.
+    pub fn encode(&self, caller: &str, filter_hash: &str, time: DateTime<Utc>, id: &str) -> String {
+        let position = format!("v2.{}.{}", time.timestamp_millis(), id);
+        format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(&position),
+            URL_SAFE_NO_PAD.encode(ring::hmac::sign(
+                &self.key,
+                Self::signed(caller, filter_hash, &position).as_bytes()
+            ))
+        )
+    }
+
+    /// The keyset position of a token issued by [`Self::encode`] to this
+    /// caller for these filters.
+    pub fn decode<I: std::str::FromStr>(
+        &self,
+        caller: &str,
+        filter_hash: &str,
+        token: &str,
+    ) -> Result<(DateTime<Utc>, I), &'static str> {
+        const MALFORMED: &str = "malformed page token";
+        if token.len() > 256 {
+            return Err(MALFORMED);
+        }
+        let (position, mac) = token.split_once('.').ok_or(MALFORMED)?;
+        let raw = URL_SAFE_NO_PAD.decode(position).map_err(|_| MALFORMED)?;
+        let text = String::from_utf8(raw).map_err(|_| MALFORMED)?;
+        let mac = URL_SAFE_NO_PAD.decode(mac).map_err(|_| MALFORMED)?;
+        // Constant-time comparison inside ring.
+        ring::hmac::verify(
+            &self.key,
+            Self::signed(caller, filter_hash, &text).as_bytes(),
+            &mac,
+        )
+        .map_err(|_| "page token was not issued for this query and caller")?;
+        let parts: Vec<&str> = text.split('.').collect();
+        let ["v2", time, id] = parts.as_slice() else {
+            return Err(MALFORMED);
+        };
+        let time = time
+            .parse::<i64>()
+            .ok()
+            .and_then(DateTime::from_timestamp_millis)
+            .ok_or(MALFORMED)?;
+        let id = id.parse::<I>().map_err(|_| MALFORMED)?;
+        Ok((time, id))
+    }
+}
+
+/// The reader's database: the pool of its own role, the token signer, and
+/// the longest a statement may run.
+pub struct Db {
+    pub pool: PgPool,
+    pub tokens: PageTokens,
+    pub max_statement_time: std::time::Duration,
+}
+
+impl Db {
+    /// A read transaction that Postgres row-level security scopes to the
+    /// caller's tenants, and that Postgres cancels after `deadline` (or the
+    /// configured maximum, whichever is shorter).
+    pub async fn begin(
+        &self,
+        caller: &Caller,
+        deadline: Option<std::time::Duration>,
+    ) -> Result<Transaction<'static, Postgres>, ApiError> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let tenants = match &caller.scope {
+            TenantScope::All => "*".to_owned(),
+            TenantScope::Only(t) => t.join(","),
+        };
+        let timeout = deadline
+            .map_or(self.max_statement_time, |d| d.min(self.max_statement_time))
+            .max(std::time::Duration::from_millis(1));
+        sqlx::query(
+            "SELECT set_config('vigil.tenants', $1, true), set_config('statement_timeout', $2, true)",
+        )
+        .bind(tenants)
+        .bind(format!("{}ms", timeout.as_millis()))
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        Ok(tx)
+    }
 }
 
 /// A validated `ListEvents`.
@@ -55,7 +178,11 @@ pub struct FindingQuery {
 }
 
 impl FindingQuery {
-    pub fn parse(request: &ListFindingsRequest) -> Result<Self, ApiError> {
+    pub fn parse(
+        request: &ListFindingsRequest,
+        tokens: &PageTokens,
+        caller: &str,
+    ) -> Result<Self, ApiError> {
         let mut violations = Vec::new();
         check_min_severity(request.min_severity, &mut violations);
         if request.rule_id.len() > 64 {
@@ -69,7 +196,13 @@ impl FindingQuery {
             request.start_time,
             request.end_time,
         );
-        let after = page_after(&request.page_token, &filter_hash, &mut violations);
+        let after = page_after(
+            tokens,
+            caller,
+            &request.page_token,
+            &filter_hash,
+            &mut violations,
+        );
         if !violations.is_empty() {
             return Err(ApiError::InvalidArgument(violations));
         }
@@ -119,6 +252,8 @@ fn time_range(
 
 /// The keyset position a page token carries, if there is one.
 fn page_after<I: std::str::FromStr>(
+    tokens: &PageTokens,
+    caller: &str,
     token: &str,
     filter_hash: &str,
     violations: &mut Vec<FieldViolation>,
@@ -126,7 +261,8 @@ fn page_after<I: std::str::FromStr>(
     if token.is_empty() {
         return None;
     }
-    decode_token(token, filter_hash)
+    tokens
+        .decode(caller, filter_hash, token)
         .map_err(|reason| violations.push(FieldViolation::new("page_token", reason)))
         .ok()
 }
@@ -139,7 +275,11 @@ fn page_limit(limit: u32) -> u32 {
 }
 
 impl EventQuery {
-    pub fn parse(request: &ListEventsRequest) -> Result<Self, ApiError> {
+    pub fn parse(
+        request: &ListEventsRequest,
+        tokens: &PageTokens,
+        caller: &str,
+    ) -> Result<Self, ApiError> {
         let mut violations = Vec::new();
         check_min_severity(request.min_severity, &mut violations);
         if request.class_uids.len() > 64 {
@@ -159,7 +299,13 @@ impl EventQuery {
             request.start_time,
             request.end_time,
         );
-        let after = page_after(&request.page_token, &filter_hash, &mut violations);
+        let after = page_after(
+            tokens,
+            caller,
+            &request.page_token,
+            &filter_hash,
+            &mut violations,
+        );
         if !violations.is_empty() {
             return Err(ApiError::InvalidArgument(violations));
         }
@@ -193,43 +339,6 @@ fn filter_hash(
         .take(8)
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-/// `v1.<time ms>.<event id>.<filter hash>`, base64url. The hash ties a token
-/// to the filters it was issued for.
-fn encode_token(time: DateTime<Utc>, id: &str, filter_hash: &str) -> String {
-    URL_SAFE_NO_PAD.encode(format!(
-        "v1.{}.{}.{}",
-        time.timestamp_millis(),
-        id,
-        filter_hash
-    ))
-}
-
-fn decode_token<I: std::str::FromStr>(
-    token: &str,
-    filter_hash: &str,
-) -> Result<(DateTime<Utc>, I), &'static str> {
-    const MALFORMED: &str = "malformed page token";
-    if token.len() > 256 {
-        return Err(MALFORMED);
-    }
-    let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| MALFORMED)?;
-    let text = String::from_utf8(raw).map_err(|_| MALFORMED)?;
-    let parts: Vec<&str> = text.split('.').collect();
-    let ["v1", time, id, hash] = parts.as_slice() else {
-        return Err(MALFORMED);
-    };
-    let time = time
-        .parse::<i64>()
-        .ok()
-        .and_then(DateTime::from_timestamp_millis)
-        .ok_or(MALFORMED)?;
-    let id = id.parse::<I>().map_err(|_| MALFORMED)?;
-    if *hash != filter_hash {
-        return Err("page token was issued for different filters");
-    }
-    Ok((time, id))
 }
 
 fn db_error(error: sqlx::Error) -> ApiError {
@@ -285,13 +394,15 @@ pub fn list_sql(min_severity: i32, scope: &TenantScope) -> String {
 
 /// Runs a query: newest first by (time, event_id), one page.
 pub async fn list_events(
-    pool: &PgPool,
-    scope: &TenantScope,
+    db: &Db,
+    caller: &Caller,
+    deadline: Option<std::time::Duration>,
     query: &EventQuery,
 ) -> Result<ListEventsResponse, ApiError> {
-    let sql = list_sql(query.min_severity, scope);
+    let sql = list_sql(query.min_severity, &caller.scope);
+    let mut tx = db.begin(caller, deadline).await?;
     let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(tenants_param(scope))
+        .bind(tenants_param(&caller.scope))
         .bind(&query.class_uids)
         .bind(&query.source_device)
         .bind(query.start)
@@ -299,9 +410,10 @@ pub async fn list_events(
         .bind(query.after.map(|a| a.0))
         .bind(query.after.map(|a| a.1))
         .bind(i64::from(query.limit) + 1)
-        .fetch_all(pool)
+        .fetch_all(&mut *tx)
         .await
         .map_err(db_error)?;
+    tx.commit().await.map_err(db_error)?;
     let more = rows.len() > query.limit as usize;
     let mut events = Vec::with_capacity(rows.len().min(query.limit as usize));
     let mut last = None;
@@ -316,7 +428,10 @@ pub async fn list_events(
         last = Some((time, id));
     }
     let next_page_token = match (more, last) {
-        (true, Some((time, id))) => encode_token(time, &id.to_string(), &query.filter_hash),
+        (true, Some((time, id))) => {
+            db.tokens
+                .encode(&caller.name, &query.filter_hash, time, &id.to_string())
+        }
         _ => String::new(),
     };
     Ok(ListEventsResponse {
@@ -327,11 +442,12 @@ pub async fn list_events(
 
 /// Findings newest first by (window end, id), one page.
 pub async fn list_findings(
-    pool: &PgPool,
-    scope: &TenantScope,
+    db: &Db,
+    caller: &Caller,
+    deadline: Option<std::time::Duration>,
     query: &FindingQuery,
 ) -> Result<ListFindingsResponse, ApiError> {
-    let tenant = match scope {
+    let tenant = match &caller.scope {
         TenantScope::All => "$1::text[] IS NULL",
         TenantScope::Only(t) if t.len() == 1 => "tenant = ($1::text[])[1]",
         TenantScope::Only(_) => "tenant = ANY($1::text[])",
@@ -352,17 +468,19 @@ pub async fn list_findings(
          LIMIT $7"
     );
     // Audited: only fixed text and an integer bounded to 1..=6 are interpolated.
+    let mut tx = db.begin(caller, deadline).await?;
     let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(tenants_param(scope))
+        .bind(tenants_param(&caller.scope))
         .bind(&query.rule_id)
         .bind(query.start)
         .bind(query.end)
         .bind(query.after.as_ref().map(|a| a.0))
         .bind(query.after.as_ref().map(|a| a.1.clone()))
         .bind(i64::from(query.limit) + 1)
-        .fetch_all(pool)
+        .fetch_all(&mut *tx)
         .await
         .map_err(db_error)?;
+    tx.commit().await.map_err(db_error)?;
     let more = rows.len() > query.limit as usize;
     let mut findings = Vec::new();
     let mut last = None;
@@ -377,7 +495,7 @@ pub async fn list_findings(
         last = Some((end, id));
     }
     let next_page_token = match (more, last) {
-        (true, Some((end, id))) => encode_token(end, &id, &query.filter_hash),
+        (true, Some((end, id))) => db.tokens.encode(&caller.name, &query.filter_hash, end, &id),
         _ => String::new(),
     };
     Ok(ListFindingsResponse {
@@ -388,18 +506,20 @@ pub async fn list_findings(
 
 /// One finding with its stored contributing events, or NOT_FOUND.
 pub async fn get_finding(
-    pool: &PgPool,
-    scope: &TenantScope,
+    db: &Db,
+    caller: &Caller,
+    deadline: Option<std::time::Duration>,
     request: &GetFindingRequest,
 ) -> Result<GetFindingResponse, ApiError> {
     let id = request.finding_id.as_str();
     if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_hexdigit()) {
         return Err(ApiError::invalid("finding_id", "not a finding id"));
     }
+    let mut tx = db.begin(caller, deadline).await?;
     let row = sqlx::query("SELECT payload FROM findings WHERE finding_id = $1 AND ($2::text[] IS NULL OR tenant = ANY($2)) ORDER BY tenant LIMIT 1")
         .bind(id)
-        .bind(tenants_param(scope))
-        .fetch_optional(pool)
+        .bind(tenants_param(&caller.scope))
+        .fetch_optional(&mut *tx)
         .await
         .map_err(db_error)?
         .ok_or_else(|| ApiError::NotFound(format!("finding {id}")))?;
@@ -414,9 +534,10 @@ pub async fn get_finding(
     let rows = sqlx::query("SELECT payload FROM events WHERE tenant = $1 AND event_id = ANY($2) ORDER BY time, event_id")
         .bind(&finding.tenant)
         .bind(ids)
-        .fetch_all(pool)
+        .fetch_all(&mut *tx)
         .await
         .map_err(db_error)?;
+    tx.commit().await.map_err(db_error)?;
     let mut events = Vec::with_capacity(rows.len());
     for row in rows {
         let payload: Vec<u8> = row.try_get("payload").map_err(db_error)?;
@@ -433,21 +554,24 @@ pub async fn get_finding(
 
 /// One event by id, or NOT_FOUND (also when it is outside the scope).
 pub async fn get_event(
-    pool: &PgPool,
-    scope: &TenantScope,
+    db: &Db,
+    caller: &Caller,
+    deadline: Option<std::time::Duration>,
     request: &GetEventRequest,
 ) -> Result<SecurityEvent, ApiError> {
     let id = uuid::Uuid::parse_str(&request.event_id)
         .map_err(|_| ApiError::invalid("event_id", "not a UUID"))?;
+    let mut tx = db.begin(caller, deadline).await?;
     let row = sqlx::query(
         "SELECT payload FROM events WHERE event_id = $1 AND ($2::text[] IS NULL OR tenant = ANY($2)) ORDER BY tenant LIMIT 1",
     )
     .bind(id)
-    .bind(tenants_param(scope))
-    .fetch_optional(pool)
+    .bind(tenants_param(&caller.scope))
+    .fetch_optional(&mut *tx)
     .await
     .map_err(db_error)?
     .ok_or_else(|| ApiError::NotFound(format!("event {id}")))?;
+    tx.commit().await.map_err(db_error)?;
     let payload: Vec<u8> = row.try_get("payload").map_err(db_error)?;
     SecurityEvent::decode(payload.as_slice())
         .map_err(|e| ApiError::Internal(format!("stored event {id}: {e}")))
@@ -456,6 +580,14 @@ pub async fn get_event(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    const ANA: &str = "spiffe://vigil.local/user/analyst";
+    const OTHER: &str = "spiffe://vigil.local/user/acme-analyst";
+
+    fn tokens() -> PageTokens {
+        PageTokens::new(b"0123456789abcdef0123456789abcdef")
+    }
 
     fn request() -> ListEventsRequest {
         ListEventsRequest {
@@ -465,25 +597,72 @@ mod tests {
         }
     }
 
-    #[test]
-    fn token_round_trips_for_the_same_filters_only() {
-        let q = EventQuery::parse(&request()).map_err(|e| e.to_string());
+    fn parse(r: &ListEventsRequest, caller: &str) -> Result<EventQuery, ApiError> {
+        EventQuery::parse(r, &tokens(), caller)
+    }
+
+    fn token_for(caller: &str) -> (String, DateTime<Utc>, uuid::Uuid) {
+        let q = parse(&request(), caller).map_err(|e| e.to_string());
         let Ok(q) = q else { panic!("{q:?}") };
         let time = DateTime::from_timestamp_millis(1_790_000_000_123).unwrap_or_default();
         let id = uuid::Uuid::now_v7();
-        let token = encode_token(time, &id.to_string(), &q.filter_hash);
+        (
+            tokens().encode(caller, &q.filter_hash, time, &id.to_string()),
+            time,
+            id,
+        )
+    }
+
+    fn is_bad_token(result: Result<EventQuery, ApiError>) -> bool {
+        matches!(result, Err(ApiError::InvalidArgument(v)) if v[0].field == "page_token")
+    }
+
+    #[test]
+    fn token_round_trips_for_the_same_filters_and_caller_only() {
+        let (token, time, id) = token_for(ANA);
         let mut next = request();
         next.page_token = token.clone();
         assert_eq!(
-            EventQuery::parse(&next).ok().and_then(|q| q.after),
+            parse(&next, ANA).ok().and_then(|q| q.after),
             Some((time, id))
         );
+        // Another caller replaying it.
+        assert!(is_bad_token(parse(&next, OTHER)));
+        // Other filters.
         let mut other = request();
         other.min_severity = 5;
-        other.page_token = token;
-        assert!(
-            matches!(EventQuery::parse(&other), Err(ApiError::InvalidArgument(v)) if v[0].field == "page_token")
-        );
+        other.page_token = token.clone();
+        assert!(is_bad_token(parse(&other, ANA)));
+        // Another reader key.
+        let foreign = PageTokens::new(b"another key, another deployment!");
+        assert!(is_bad_token(EventQuery::parse(&next, &foreign, ANA)));
+    }
+
+    #[test]
+    fn tampered_tokens_are_invalid_argument() {
+        let (token, time, _) = token_for(ANA);
+        let (position, mac) = token.split_once('.').unwrap_or_default();
+        // Move the keyset position (e.g. to skip ahead) and keep the mac.
+        let moved = URL_SAFE_NO_PAD.encode(format!(
+            "v2.{}.{}",
+            time.timestamp_millis() + 1,
+            uuid::Uuid::now_v7()
+        ));
+        let mut flipped = mac.to_owned().into_bytes();
+        if let Some(b) = flipped.first_mut() {
+            *b = if *b == b'A' { b'B' } else { b'A' };
+        }
+        let flipped = String::from_utf8(flipped).unwrap_or_default();
+        for bad in [
+            format!("{moved}.{mac}"),
+            format!("{position}.{flipped}"),
+            position.to_owned(),
+            format!("{position}."),
+        ] {
+            let mut r = request();
+            r.page_token = bad.clone();
+            assert!(is_bad_token(parse(&r, ANA)), "{bad}");
+        }
     }
 
     #[test]
@@ -496,16 +675,13 @@ mod tests {
         ] {
             let mut r = request();
             r.page_token = token.to_owned();
-            assert!(
-                matches!(EventQuery::parse(&r), Err(ApiError::InvalidArgument(_))),
-                "{token}"
-            );
+            assert!(is_bad_token(parse(&r, ANA)), "{token}");
         }
         let mut r = request();
         r.min_severity = 7;
         r.start_time = 20;
         r.end_time = 10;
-        let Err(ApiError::InvalidArgument(v)) = EventQuery::parse(&r) else {
+        let Err(ApiError::InvalidArgument(v)) = parse(&r, ANA) else {
             panic!("expected invalid")
         };
         let fields: Vec<_> = v.iter().map(|v| v.field.as_str()).collect();
@@ -516,11 +692,32 @@ mod tests {
     fn limit_defaults_and_caps() {
         let mut r = request();
         r.limit = 0;
-        assert_eq!(
-            EventQuery::parse(&r).map(|q| q.limit).ok(),
-            Some(DEFAULT_LIMIT)
-        );
+        assert_eq!(parse(&r, ANA).map(|q| q.limit).ok(), Some(DEFAULT_LIMIT));
         r.limit = 50_000;
-        assert_eq!(EventQuery::parse(&r).map(|q| q.limit).ok(), Some(MAX_LIMIT));
+        assert_eq!(parse(&r, ANA).map(|q| q.limit).ok(), Some(MAX_LIMIT));
+    }
+
+    proptest! {
+        /// No string a client can send is accepted as a page token unless
+        /// the reader issued it; none makes parsing panic.
+        #[test]
+        fn arbitrary_tokens_are_refused(token in "\\PC{1,300}") {
+            let mut r = request();
+            r.page_token = token;
+            prop_assert!(is_bad_token(parse(&r, ANA)));
+        }
+
+        /// A token with any single byte changed is refused.
+        #[test]
+        fn any_single_byte_change_is_refused(at in 0usize..200, to in 0u8..128) {
+            let (token, _, _) = token_for(ANA);
+            let mut bytes = token.clone().into_bytes();
+            let at = at % bytes.len();
+            prop_assume!(bytes[at] != to);
+            bytes[at] = to;
+            let mut r = request();
+            r.page_token = String::from_utf8_lossy(&bytes).into_owned();
+            prop_assert!(is_bad_token(parse(&r, ANA)));
+        }
     }
 }

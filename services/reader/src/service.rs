@@ -1,7 +1,11 @@
-//! `vigil.query.v1.QueryService` over gRPC: who may ask (from the
-//! certificate), then the shared query layer.
+//! `vigil.query.v1.QueryService` over gRPC: who asks (from the verified
+//! certificate, never from the request), which tenants that identity may
+//! see (the policy file), the shared query layer, and an audit record of
+//! every call.
 
-use sqlx::PgPool;
+use std::sync::Arc;
+
+use serde_json::json;
 use tonic::{Request, Response, Status};
 use vigil_common::error::ApiError;
 use vigil_common::identity::{Identity, PeerInfo};
@@ -12,22 +16,38 @@ use vigil_proto::query::v1::{
     ListEventsResponse, ListFindingsRequest, ListFindingsResponse,
 };
 
-use crate::query::{self, EventQuery, FindingQuery, TenantScope};
+use crate::audit::Auditor;
+use crate::query::{self, Caller, Db, EventQuery, FindingQuery, TenantScope};
 
 #[derive(Clone)]
 pub struct QueryApi {
-    pool: PgPool,
+    db: Arc<Db>,
     policy: LivePolicy,
+    audit: Auditor,
+}
+
+const RPC_LIST_EVENTS: &str = "/vigil.query.v1.QueryService/ListEvents";
+const RPC_GET_EVENT: &str = "/vigil.query.v1.QueryService/GetEvent";
+const RPC_LIST_FINDINGS: &str = "/vigil.query.v1.QueryService/ListFindings";
+const RPC_GET_FINDING: &str = "/vigil.query.v1.QueryService/GetFinding";
+
+/// The caller's identity as the audit trail names it.
+fn caller_name<T>(request: &Request<T>) -> String {
+    match request.extensions().get::<PeerInfo>().map(|i| &i.identity) {
+        Some(Ok(identity)) => identity.to_string(),
+        Some(Err(e)) => format!("unidentified ({e})"),
+        None => "unidentified".into(),
+    }
 }
 
 impl QueryApi {
-    pub fn new(pool: PgPool, policy: LivePolicy) -> Self {
-        Self { pool, policy }
+    pub fn new(db: Arc<Db>, policy: LivePolicy, audit: Auditor) -> Self {
+        Self { db, policy, audit }
     }
 
-    /// The tenants the caller may see: users per the policy file; devices,
-    /// services and users without a grant may not query.
-    fn caller_scope<T>(&self, request: &Request<T>) -> Result<TenantScope, ApiError> {
+    /// Who is calling and which tenants it may see: users per the policy
+    /// file; devices, services and users without a grant may not query.
+    fn caller<T>(&self, request: &Request<T>) -> Result<Caller, ApiError> {
         let info = request
             .extensions()
             .get::<PeerInfo>()
@@ -41,13 +61,19 @@ impl QueryApi {
             }
             Err(e) => return Err(ApiError::Unauthenticated(e.to_string())),
         };
-        match self.policy.role_of(identity) {
-            Some(Role::Admin) => Ok(TenantScope::All),
-            Some(Role::Analyst { tenants }) => Ok(TenantScope::Only(tenants)),
-            None => Err(ApiError::PermissionDenied(format!(
-                "{identity} has no grant in the policy"
-            ))),
-        }
+        let scope = match self.policy.role_of(identity) {
+            Some(Role::Admin) => TenantScope::All,
+            Some(Role::Analyst { tenants }) => TenantScope::Only(tenants),
+            None => {
+                return Err(ApiError::PermissionDenied(format!(
+                    "{identity} has no grant in the policy"
+                )));
+            }
+        };
+        Ok(Caller {
+            name: identity.to_string(),
+            scope,
+        })
     }
 }
 
@@ -57,19 +83,51 @@ impl QueryService for QueryApi {
         &self,
         request: Request<ListEventsRequest>,
     ) -> Result<Response<ListEventsResponse>, Status> {
-        let scope = self.caller_scope(&request)?;
-        let query = EventQuery::parse(request.get_ref())?;
-        Ok(Response::new(
-            query::list_events(&self.pool, &scope, &query).await?,
-        ))
+        let deadline = vigil_common::grpc::deadline(request.metadata());
+        let r = request.get_ref();
+        let filter = json!({
+            "min_severity": r.min_severity,
+            "class_uids": r.class_uids,
+            "source_device": r.source_device,
+            "start_time": r.start_time,
+            "end_time": r.end_time,
+            "limit": r.limit,
+            "next_page": !r.page_token.is_empty(),
+        });
+        let result = async {
+            let caller = self.caller(&request)?;
+            let query = EventQuery::parse(r, &self.db.tokens, &caller.name)?;
+            query::list_events(&self.db, &caller, deadline, &query).await
+        }
+        .await;
+        let answer = self
+            .audit
+            .seal(
+                &caller_name(&request),
+                RPC_LIST_EVENTS,
+                filter,
+                result,
+                |a| a.events.len(),
+            )
+            .await?;
+        Ok(Response::new(answer))
     }
 
     async fn get_event(
         &self,
         request: Request<GetEventRequest>,
     ) -> Result<Response<GetEventResponse>, Status> {
-        let scope = self.caller_scope(&request)?;
-        let event = query::get_event(&self.pool, &scope, request.get_ref()).await?;
+        let deadline = vigil_common::grpc::deadline(request.metadata());
+        let filter = json!({ "event_id": request.get_ref().event_id });
+        let result = async {
+            let caller = self.caller(&request)?;
+            query::get_event(&self.db, &caller, deadline, request.get_ref()).await
+        }
+        .await;
+        let event = self
+            .audit
+            .seal(&caller_name(&request), RPC_GET_EVENT, filter, result, |_| 1)
+            .await?;
         Ok(Response::new(GetEventResponse { event: Some(event) }))
     }
 
@@ -77,20 +135,56 @@ impl QueryService for QueryApi {
         &self,
         request: Request<ListFindingsRequest>,
     ) -> Result<Response<ListFindingsResponse>, Status> {
-        let scope = self.caller_scope(&request)?;
-        let query = FindingQuery::parse(request.get_ref())?;
-        Ok(Response::new(
-            query::list_findings(&self.pool, &scope, &query).await?,
-        ))
+        let deadline = vigil_common::grpc::deadline(request.metadata());
+        let r = request.get_ref();
+        let filter = json!({
+            "min_severity": r.min_severity,
+            "rule_id": r.rule_id,
+            "start_time": r.start_time,
+            "end_time": r.end_time,
+            "limit": r.limit,
+            "next_page": !r.page_token.is_empty(),
+        });
+        let result = async {
+            let caller = self.caller(&request)?;
+            let query = FindingQuery::parse(r, &self.db.tokens, &caller.name)?;
+            query::list_findings(&self.db, &caller, deadline, &query).await
+        }
+        .await;
+        let answer = self
+            .audit
+            .seal(
+                &caller_name(&request),
+                RPC_LIST_FINDINGS,
+                filter,
+                result,
+                |a| a.findings.len(),
+            )
+            .await?;
+        Ok(Response::new(answer))
     }
 
     async fn get_finding(
         &self,
         request: Request<GetFindingRequest>,
     ) -> Result<Response<GetFindingResponse>, Status> {
-        let scope = self.caller_scope(&request)?;
-        Ok(Response::new(
-            query::get_finding(&self.pool, &scope, request.get_ref()).await?,
-        ))
+        let deadline = vigil_common::grpc::deadline(request.metadata());
+        let filter = json!({ "finding_id": request.get_ref().finding_id });
+        let result = async {
+            let caller = self.caller(&request)?;
+            query::get_finding(&self.db, &caller, deadline, request.get_ref()).await
+        }
+        .await;
+        let answer = self
+            .audit
+            .seal(
+                &caller_name(&request),
+                RPC_GET_FINDING,
+                filter,
+                result,
+                |a| 1 + a.events.len(),
+            )
+            .await?;
+        Ok(Response::new(answer))
     }
 }

@@ -40,9 +40,10 @@ pub struct Config {
     /// Postgres URL (e.g. postgres://vigil@127.0.0.1:5432/vigil).
     #[arg(long, env = "VIGIL_WRITER_DATABASE_URL")]
     pub database_url: String,
-    /// Apply pending migrations at start-up.
-    #[arg(long, env = "VIGIL_WRITER_MIGRATE", default_value_t = true, action = clap::ArgAction::Set)]
-    pub migrate: bool,
+    /// Allow insecure settings (Postgres without TLS); for development
+    /// only, and said so at start-up.
+    #[arg(long, env = "VIGIL_WRITER_INSECURE_DEV")]
+    pub insecure_dev: bool,
     #[arg(
         long,
         env = "VIGIL_WRITER_HEALTH_LISTEN",
@@ -97,11 +98,12 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), InvalidConfig> {
         let mut errors = ConfigErrors::new();
-        if !(self.database_url.starts_with("postgres://")
-            || self.database_url.starts_with("postgresql://"))
-        {
-            errors.add("VIGIL_WRITER_DATABASE_URL", "must be a postgres:// URL");
-        }
+        vigil_common::config::check_database_url(
+            "VIGIL_WRITER_DATABASE_URL",
+            &self.database_url,
+            self.insecure_dev,
+            &mut errors,
+        );
         self.nats().check("VIGIL_WRITER", &mut errors);
         if self.batch_max_messages == 0 {
             errors.add("VIGIL_WRITER_BATCH_MAX_MESSAGES", "must be at least 1");
@@ -145,6 +147,7 @@ pub struct Writer {
     nats: async_nats::Client,
     consumer: PullConsumer,
     findings_consumer: PullConsumer,
+    audit_consumer: PullConsumer,
     delivery: deliver::Delivery,
     health_listener: TcpListener,
     batching: vigil_common::nats::Batching,
@@ -154,15 +157,22 @@ pub struct Writer {
 /// durable consumer, binds the health port.
 pub async fn build(config: &Config) -> Result<Writer, WriterError> {
     config.validate()?;
+    vigil_common::config::warn_insecure("writer", config.insecure_dev);
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(4)
         .acquire_timeout(Duration::from_secs(5))
+        // Row-level security: the writer stores every tenant's rows.
+        .after_connect(|conn, _meta| {
+            Box::pin(async move {
+                sqlx::query("SELECT set_config('vigil.tenants', '*', false)")
+                    .execute(conn)
+                    .await?;
+                Ok(())
+            })
+        })
         .connect(&config.database_url)
         .await
         .map_err(WriterError::Database)?;
-    if config.migrate {
-        MIGRATOR.run(&pool).await?;
-    }
     let nats = vigil_common::nats::connect(&config.nats(), "vigil-writer").await?;
     let js = jetstream::new(nats.clone());
     let consumer: PullConsumer = js
@@ -171,6 +181,13 @@ pub async fn build(config: &Config) -> Result<Writer, WriterError> {
         .map_err(|e| WriterError::Consumer(e.to_string()))?;
     let findings_consumer: PullConsumer = js
         .get_consumer_from_stream(WRITER_FINDINGS_CONSUMER, FINDINGS_STREAM)
+        .await
+        .map_err(|e| WriterError::Consumer(e.to_string()))?;
+    let audit_consumer: PullConsumer = js
+        .get_consumer_from_stream(
+            vigil_common::subjects::WRITER_AUDIT_CONSUMER,
+            vigil_common::subjects::AUDIT_STREAM,
+        )
         .await
         .map_err(|e| WriterError::Consumer(e.to_string()))?;
     let addr = config.health_listen;
@@ -189,6 +206,7 @@ pub async fn build(config: &Config) -> Result<Writer, WriterError> {
         nats,
         consumer,
         findings_consumer,
+        audit_consumer,
         delivery,
         health_listener,
         batching: vigil_common::nats::Batching {
@@ -212,6 +230,7 @@ impl Writer {
             nats,
             consumer,
             findings_consumer,
+            audit_consumer,
             delivery,
             health_listener,
             batching,
@@ -227,6 +246,13 @@ impl Writer {
             health.clone(),
             shutdown.clone(),
         );
+        let audit = consume(
+            audit_consumer,
+            delivery.clone().for_sink(store::Sink::Audit),
+            batching,
+            health.clone(),
+            shutdown.clone(),
+        );
         let events = consume(
             consumer,
             delivery,
@@ -234,7 +260,7 @@ impl Writer {
             health.clone(),
             shutdown.clone(),
         );
-        tokio::join!(events, findings);
+        tokio::join!(events, findings, audit);
         health
             .set_service_status(HEALTH_SERVICE, tonic_health::ServingStatus::NotServing)
             .await;

@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 use prost::Message;
 use sqlx::PgPool;
+use vigil_proto::audit::v1::AuditRecord;
 use vigil_proto::event::v1::{EventBatch, SecurityEvent};
 use vigil_proto::finding::v1::Finding;
 
@@ -117,6 +118,8 @@ pub enum Sink {
     Events,
     /// `Finding` messages on FINDINGS.
     Findings,
+    /// `AuditRecord` messages on AUDIT.
+    Audit,
 }
 
 /// One row to store.
@@ -124,6 +127,40 @@ pub enum Sink {
 pub enum Record {
     Event(Row),
     Finding(FindingRow),
+    Audit(AuditRow),
+}
+
+/// One row of `audit`.
+#[derive(Debug, Clone)]
+pub struct AuditRow {
+    pub audit_id: uuid::Uuid,
+    pub time: DateTime<Utc>,
+    pub service: String,
+    pub caller: String,
+    pub rpc: String,
+    pub filter: serde_json::Value,
+    pub rows: i32,
+    pub outcome: String,
+}
+
+impl TryFrom<AuditRecord> for AuditRow {
+    type Error = RowError;
+
+    fn try_from(a: AuditRecord) -> Result<Self, RowError> {
+        Ok(AuditRow {
+            audit_id: uuid::Uuid::parse_str(&a.audit_id)
+                .map_err(|e| RowError(format!("audit_id: {e}")))?,
+            time: DateTime::from_timestamp_millis(a.time)
+                .ok_or_else(|| RowError(format!("time {} out of range", a.time)))?,
+            filter: serde_json::from_str(&a.filter_json)
+                .map_err(|e| RowError(format!("filter_json: {e}")))?,
+            rows: i32::try_from(a.rows).map_err(|_| RowError("rows out of range".into()))?,
+            service: a.service,
+            caller: a.caller,
+            rpc: a.rpc,
+            outcome: a.outcome,
+        })
+    }
 }
 
 impl Sink {
@@ -131,6 +168,7 @@ impl Sink {
         match self {
             Sink::Events => vigil_common::subjects::EVENTS_STREAM,
             Sink::Findings => vigil_common::subjects::FINDINGS_STREAM,
+            Sink::Audit => vigil_common::subjects::AUDIT_STREAM,
         }
     }
 
@@ -156,6 +194,13 @@ impl Sink {
                     .map_err(|e| format!("not a vigil.finding.v1.Finding: {e}"))?;
                 Ok(vec![Record::Finding(
                     FindingRow::try_from(finding).map_err(|e| e.to_string())?,
+                )])
+            }
+            Sink::Audit => {
+                let record = AuditRecord::decode(payload)
+                    .map_err(|e| format!("not a vigil.audit.v1.AuditRecord: {e}"))?;
+                Ok(vec![Record::Audit(
+                    AuditRow::try_from(record).map_err(|e| e.to_string())?,
                 )])
             }
         }
@@ -203,6 +248,36 @@ impl TryFrom<Finding> for FindingRow {
     }
 }
 
+/// Appends audit records; a re-delivered record (same id) is skipped.
+async fn insert_audit(pool: &PgPool, records: &[Record]) -> Result<u64, sqlx::Error> {
+    let audit: Vec<&AuditRow> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Audit(a) => Some(a),
+            _ => None,
+        })
+        .collect();
+    if audit.is_empty() {
+        return Ok(0);
+    }
+    let result = sqlx::query(
+        "INSERT INTO audit (audit_id, time, service, caller, rpc, filter, rows, outcome)
+         SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::int4[], $8::text[])
+         ON CONFLICT (audit_id) DO NOTHING",
+    )
+    .bind(audit.iter().map(|a| a.audit_id).collect::<Vec<_>>())
+    .bind(audit.iter().map(|a| a.time).collect::<Vec<_>>())
+    .bind(audit.iter().map(|a| a.service.as_str()).collect::<Vec<_>>())
+    .bind(audit.iter().map(|a| a.caller.as_str()).collect::<Vec<_>>())
+    .bind(audit.iter().map(|a| a.rpc.as_str()).collect::<Vec<_>>())
+    .bind(audit.iter().map(|a| a.filter.clone()).collect::<Vec<_>>())
+    .bind(audit.iter().map(|a| a.rows).collect::<Vec<_>>())
+    .bind(audit.iter().map(|a| a.outcome.as_str()).collect::<Vec<_>>())
+    .execute(pool)
+    .await?;
+    Ok(result.rows_affected())
+}
+
 /// Stores events (skipping known ones) and findings (keeping the newest
 /// version) in one transaction.
 pub async fn insert(pool: &PgPool, records: &[Record]) -> Result<u64, sqlx::Error> {
@@ -224,6 +299,7 @@ pub async fn insert(pool: &PgPool, records: &[Record]) -> Result<u64, sqlx::Erro
         }
     }
     let mut stored = insert_events(pool, &events).await?;
+    stored += insert_audit(pool, records).await?;
     if newest.is_empty() {
         return Ok(stored);
     }
