@@ -503,6 +503,7 @@ fn write_private(path: &Path, pem: &str) -> anyhow::Result<()> {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+    use x509_parser::prelude::FromDer;
 
     #[test]
     fn generates_every_file_with_private_keys_0600() -> anyhow::Result<()> {
@@ -520,6 +521,89 @@ mod tests {
             assert_eq!(mode, 0o600, "{}", pair.key.display());
         }
         assert_eq!(pki.devices()?.len(), 5);
+        for case in BAD_CASES.iter().chain(&["other-domain"]) {
+            let pair = pki.bad(case);
+            assert!(pair.cert.is_file(), "{case}");
+            let mode = fs::metadata(&pair.key)?.permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{case}");
+        }
+        Ok(())
+    }
+
+    /// No private key is committed: every file git tracks is scanned.
+    #[test]
+    fn repository_holds_no_private_keys() -> anyhow::Result<()> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        if !root.join(".git").exists() {
+            eprintln!("not a git checkout; nothing to scan");
+            return Ok(());
+        }
+        let out = std::process::Command::new("git")
+            .args(["ls-files", "-z"])
+            .current_dir(&root)
+            .output()?;
+        anyhow::ensure!(out.status.success(), "git ls-files failed");
+        let files: Vec<&[u8]> = out
+            .stdout
+            .split(|b| *b == 0)
+            .filter(|f| !f.is_empty())
+            .collect();
+        assert!(
+            files.len() > 50,
+            "git ls-files listed only {} files",
+            files.len()
+        );
+        let marker = concat!("PRIVATE", " KEY-----");
+        for file in files {
+            let path = root.join(String::from_utf8_lossy(file).as_ref());
+            let Ok(bytes) = fs::read(&path) else { continue };
+            let text = String::from_utf8_lossy(&bytes);
+            assert!(
+                !text.contains(marker),
+                "{} holds a private key",
+                path.display()
+            );
+        }
+        Ok(())
+    }
+
+    fn serial_of(cert: &Path) -> anyhow::Result<Vec<u8>> {
+        let pem = fs::read(cert)?;
+        let (_, parsed) = x509_parser::pem::parse_x509_pem(&pem)?;
+        Ok(parsed.parse_x509()?.raw_serial().to_vec())
+    }
+
+    fn crl_serials(dir: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
+        let pem = fs::read(dir.join("ca.crl"))?;
+        let (_, parsed) = x509_parser::pem::parse_x509_pem(&pem)?;
+        let (_, crl) =
+            x509_parser::revocation_list::CertificateRevocationList::from_der(&parsed.contents)?;
+        Ok(crl
+            .iter_revoked_certificates()
+            .map(|r| r.raw_serial().to_vec())
+            .collect())
+    }
+
+    #[test]
+    fn revoke_adds_the_serial_to_the_cas_crl() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let pki = generate(dir.path(), &Options::default())?;
+        let revoked = serial_of(&pki.bad("revoked").cert)?;
+        assert_eq!(crl_serials(dir.path())?, vec![revoked.clone()]);
+        let device = pki.device("acme", "cam-01").cert;
+        revoke(dir.path(), &device)?;
+        revoke(dir.path(), &device)?; // idempotent
+        let serials = crl_serials(dir.path())?;
+        assert_eq!(serials, vec![revoked, serial_of(&device)?]);
+        // Issued by the CA (webpki checks its signature in e2e/tests/edge.rs).
+        let ca_pem = fs::read(pki.ca())?;
+        let (_, ca) = x509_parser::pem::parse_x509_pem(&ca_pem)?;
+        let ca = ca.parse_x509()?;
+        let crl_pem = fs::read(dir.path().join("ca.crl"))?;
+        let (_, crl) = x509_parser::pem::parse_x509_pem(&crl_pem)?;
+        let (_, crl) =
+            x509_parser::revocation_list::CertificateRevocationList::from_der(&crl.contents)?;
+        assert_eq!(crl.issuer(), ca.subject());
         Ok(())
     }
 }

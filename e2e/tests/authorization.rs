@@ -19,7 +19,8 @@ use vigil_proto::ingest::v1::ingest_service_client::IngestServiceClient;
 use vigil_proto::ingest::v1::{PublishRequest, PublishStreamRequest};
 use vigil_proto::query::v1::query_service_client::QueryServiceClient;
 use vigil_proto::query::v1::{
-    GetEventRequest, GetFindingRequest, ListEventsRequest, ListFindingsRequest,
+    GetEventRequest, GetFindingRequest, ListAuditRecordsRequest, ListEventsRequest,
+    ListFindingsRequest,
 };
 
 const KINDS: [vigil_client::events::Kind; 4] = [
@@ -128,42 +129,43 @@ async fn role_matrix_every_identity_times_every_rpc() -> anyhow::Result<()> {
         key: other.key,
     };
     use Code::{Ok as OK, PermissionDenied as PD, Unauthenticated as UA};
-    // Publish, PublishStream, ListEvents, GetEvent, ListFindings, GetFinding
-    let matrix: Vec<(&str, TlsFiles, [Code; 6])> = vec![
+    // Publish, PublishStream, ListEvents, GetEvent, ListFindings,
+    // GetFinding, ListAuditRecords (operational: admins only)
+    let matrix: Vec<(&str, TlsFiles, [Code; 7])> = vec![
         (
             "device acme/cam-01",
             mesh.device_files("acme", "cam-01"),
-            [OK, OK, PD, PD, PD, PD],
+            [OK, OK, PD, PD, PD, PD, PD],
         ),
         (
             "analyst (3 tenants)",
             user_files(&mesh, "analyst"),
-            [PD, PD, OK, OK, OK, OK],
+            [PD, PD, OK, OK, OK, OK, PD],
         ),
         (
             "acme-analyst",
             user_files(&mesh, "acme-analyst"),
-            [PD, PD, OK, OK, OK, OK],
+            [PD, PD, OK, OK, OK, OK, PD],
         ),
         (
             "admin",
             user_files(&mesh, "admin"),
-            [PD, PD, OK, OK, OK, OK],
+            [PD, PD, OK, OK, OK, OK, OK],
         ),
         (
             "intern (no grant)",
             user_files(&mesh, "intern"),
-            [PD, PD, PD, PD, PD, PD],
+            [PD, PD, PD, PD, PD, PD, PD],
         ),
-        ("service nats/writer", service, [PD, PD, PD, PD, PD, PD]),
+        ("service nats/writer", service, [PD, PD, PD, PD, PD, PD, PD]),
         (
             "spiffe://evil.example/user/admin",
             other,
-            [UA, UA, UA, UA, UA, UA],
+            [UA, UA, UA, UA, UA, UA, UA],
         ),
     ];
     let mut table = String::from(
-        "identity | Publish | PublishStream | ListEvents | GetEvent | ListFindings | GetFinding\n",
+        "identity | Publish | PublishStream | ListEvents | GetEvent | ListFindings | GetFinding | ListAuditRecords\n",
     );
     let mut wrong = Vec::new();
     for (who, files, expected) in matrix {
@@ -201,6 +203,11 @@ async fn role_matrix_every_identity_times_every_rpc() -> anyhow::Result<()> {
                     .get_finding(GetFindingRequest {
                         finding_id: finding_id.clone(),
                     })
+                    .await,
+            ),
+            code(
+                query
+                    .list_audit_records(ListAuditRecordsRequest::default())
                     .await,
             ),
         ];
@@ -384,13 +391,18 @@ async fn database_roles_grant_least_privilege_and_rls_scopes_the_reader() -> any
         .map(|r| r.try_get(0))
         .collect::<Result<_, _>>()?;
     assert_eq!(tenants, ["acme"]);
+    // The audit trail is for all-tenants sessions (admins) only.
+    let audit_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM audit")
+        .fetch_one(&mut *tx)
+        .await?;
+    assert_eq!(audit_rows, 0);
     tx.rollback().await?;
     for sql in [
         "INSERT INTO events SELECT * FROM events LIMIT 1",
         "UPDATE events SET message = 'x'",
         "DELETE FROM events",
         "DELETE FROM findings",
-        "SELECT count(*) FROM audit",
+        "INSERT INTO audit SELECT * FROM audit",
         "CREATE TABLE stolen (x int)",
         "TRUNCATE events",
     ] {
@@ -518,6 +530,26 @@ async fn every_query_is_audited_and_the_trail_cannot_be_purged() -> anyhow::Resu
     assert_eq!((seen[1].3, seen[1].4.as_str()), (0, "NOT_FOUND"));
     assert_eq!(seen[2].0, "spiffe://vigil.local/user/intern");
     assert_eq!(seen[2].4, "PERMISSION_DENIED");
+
+    // Admins read the trail over gRPC (an operational RPC, itself audited).
+    let trail = mesh
+        .user("admin")
+        .await?
+        .list_audit_records(ListAuditRecordsRequest {
+            caller: acme_analyst.into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .records;
+    let rpcs: Vec<&str> = trail.iter().map(|r| r.rpc.as_str()).collect();
+    assert_eq!(
+        rpcs,
+        [
+            "/vigil.query.v1.QueryService/GetEvent",
+            "/vigil.query.v1.QueryService/ListEvents"
+        ]
+    );
 
     // JetStream refuses to delete or purge the AUDIT stream's messages,
     // even for the admin user.

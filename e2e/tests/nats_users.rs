@@ -289,3 +289,130 @@ async fn nats_clients_query_events_and_see_what_grpc_sees() -> anyhow::Result<()
     mesh.stop().await;
     Ok(())
 }
+
+/// Every service user × every kind of subject × publish and subscribe:
+/// exactly the cells `nats-config/users.conf` allows succeed, every other
+/// one is a permissions violation, and refused publishes store nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subject_matrix_of_every_user() -> anyhow::Result<()> {
+    use std::collections::{BTreeMap, BTreeSet};
+    let mesh = Mesh::start().await?;
+    // (subject, the stream that would store a publish to it)
+    let subjects: [(&str, Option<&str>); 9] = [
+        ("events.acme.3002", Some("EVENTS")),
+        ("findings.acme.brute-force", Some("FINDINGS")),
+        ("dlq.EVENTS.writer", Some("DLQ")),
+        ("audit.reader", Some("AUDIT")),
+        ("query.events", None),
+        ("$JS.API.STREAM.INFO.EVENTS", None),
+        ("$KV.CORRELATOR.matrix-probe", Some("KV_CORRELATOR")),
+        ("_INBOX_admin.matrix", None),
+        ("_INBOX_subscriber.matrix", None),
+    ];
+    // What users.conf allows, per user: (publish, subscribe).
+    let allowed: BTreeMap<&str, (Vec<&str>, Vec<&str>)> = BTreeMap::from([
+        ("gateway", (vec!["events.acme.3002"], vec![])),
+        ("writer", (vec!["dlq.EVENTS.writer"], vec![])),
+        ("reader", (vec!["audit.reader"], vec!["query.events"])),
+        (
+            "admin",
+            (
+                vec!["events.acme.3002", "$JS.API.STREAM.INFO.EVENTS"],
+                vec!["_INBOX_admin.matrix"],
+            ),
+        ),
+        (
+            "subscriber",
+            (
+                vec!["query.events"],
+                vec![
+                    "events.acme.3002",
+                    "findings.acme.brute-force",
+                    "_INBOX_subscriber.matrix",
+                ],
+            ),
+        ),
+        (
+            "correlator",
+            (
+                vec!["findings.acme.brute-force", "$KV.CORRELATOR.matrix-probe"],
+                vec![],
+            ),
+        ),
+    ]);
+    let (admin, _) = connect_as(&mesh, "admin").await?;
+    let admin_js = jetstream::new(admin);
+    let counts = |js: jetstream::Context| async move {
+        let mut out = BTreeMap::new();
+        for stream in ["EVENTS", "FINDINGS", "DLQ", "AUDIT", "KV_CORRELATOR"] {
+            let info = js.get_stream(stream).await?.info().await?.state.messages;
+            out.insert(stream, info);
+        }
+        anyhow::Ok(out)
+    };
+    let before = counts(admin_js.clone()).await?;
+    let mut expected_growth: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut wrong = Vec::new();
+    for (user, (may_publish, may_subscribe)) in &allowed {
+        let (client, mut errors) = connect_as(&mesh, user).await?;
+        let mut subs = Vec::new();
+        for (subject, stream) in subjects {
+            client
+                .publish(subject, Bytes::from_static(b"matrix"))
+                .await?;
+            if may_publish.contains(&subject)
+                && let Some(stream) = stream
+            {
+                *expected_growth.entry(stream).or_insert(0) += 1;
+            }
+            subs.push(client.subscribe(subject).await?);
+        }
+        client.flush().await?;
+        // Collect every violation the server reports for this user.
+        let mut refused_pub = BTreeSet::new();
+        let mut refused_sub = BTreeSet::new();
+        let quiet = Duration::from_millis(700);
+        while let Ok(Some(e)) = tokio::time::timeout(quiet, errors.recv()).await {
+            for (subject, _) in subjects {
+                if e.contains(&format!("\"{subject}\"")) {
+                    if e.contains("Publish") {
+                        refused_pub.insert(subject);
+                    } else if e.contains("Subscription") {
+                        refused_sub.insert(subject);
+                    }
+                }
+            }
+        }
+        for (subject, _) in subjects {
+            let pub_ok = !refused_pub.contains(subject);
+            let sub_ok = !refused_sub.contains(subject);
+            if pub_ok != may_publish.contains(&subject) {
+                wrong.push(format!("{user} publish {subject}: allowed={pub_ok}"));
+            }
+            if sub_ok != may_subscribe.contains(&subject) {
+                wrong.push(format!("{user} subscribe {subject}: allowed={sub_ok}"));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    // Allowed publishes to stream subjects were stored, refused ones not.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = counts(admin_js).await?;
+    for (stream, n) in &after {
+        let grew = n - before.get(stream).copied().unwrap_or(0);
+        let expected = expected_growth.get(stream).copied().unwrap_or(0);
+        // The writer may dead-letter the undecodable probes, and the
+        // running correlator checkpoints after reading them: DLQ and the
+        // KV stream hold at least what was published to them.
+        if *stream == "DLQ" || *stream == "KV_CORRELATOR" {
+            assert!(
+                grew >= expected,
+                "{stream}: grew {grew}, expected {expected}"
+            );
+        } else {
+            assert_eq!(grew, expected, "{stream}");
+        }
+    }
+    mesh.stop().await;
+    Ok(())
+}

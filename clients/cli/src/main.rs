@@ -16,7 +16,8 @@ use vigil_proto::ingest::v1::PublishRequest;
 use vigil_proto::ingest::v1::ingest_service_client::IngestServiceClient;
 use vigil_proto::query::v1::query_service_client::QueryServiceClient;
 use vigil_proto::query::v1::{
-    GetEventRequest, GetFindingRequest, ListEventsRequest, ListFindingsRequest,
+    GetEventRequest, GetFindingRequest, ListAuditRecordsRequest, ListEventsRequest,
+    ListFindingsRequest,
 };
 
 #[derive(Parser)]
@@ -128,6 +129,14 @@ enum Command {
     },
     /// Show one finding with its contributing events.
     Finding { finding_id: String },
+    /// The audit trail: who queried what, newest first (admins only).
+    Audit {
+        /// Only this caller's records (e.g. spiffe://vigil.local/user/analyst).
+        #[arg(long)]
+        caller: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
     /// Send one test event as a device.
     Send {
         /// Device certificate (its URI SAN names tenant and device).
@@ -410,6 +419,20 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .map_err(|s| status_failure("findings", &cli.reader, &cli.cert, s))?
                 .into_inner();
             output::findings(cli.output, &response.findings, &response.next_page_token);
+            Ok(())
+        }
+        Command::Audit { caller, limit } => {
+            let channel = vigil_client::connect(&cli.reader, &analyst).await?;
+            let response = QueryServiceClient::new(channel)
+                .list_audit_records(ListAuditRecordsRequest {
+                    caller: caller.unwrap_or_default(),
+                    before_time: 0,
+                    limit,
+                })
+                .await
+                .map_err(|s| status_failure("audit", &cli.reader, &cli.cert, s))?
+                .into_inner();
+            output::audit(cli.output, &response.records);
             Ok(())
         }
         Command::Finding { finding_id } => {

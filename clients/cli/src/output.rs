@@ -185,6 +185,45 @@ pub fn finding_json(f: &vigil_proto::finding::v1::Finding) -> Value {
     })
 }
 
+pub fn audit(output: Output, records: &[vigil_proto::audit::v1::AuditRecord]) {
+    match output {
+        Output::Json => {
+            let body = json!({
+                "records": records.iter().map(|r| json!({
+                    "audit_id": r.audit_id,
+                    "time": r.time,
+                    "service": r.service,
+                    "caller": r.caller,
+                    "rpc": r.rpc,
+                    "filter": serde_json::from_str::<serde_json::Value>(&r.filter_json)
+                        .unwrap_or(serde_json::Value::Null),
+                    "rows": r.rows,
+                    "outcome": r.outcome,
+                })).collect::<Vec<_>>(),
+            });
+            println!("{body:#}");
+        }
+        Output::Table => {
+            let mut table = Table::new();
+            table
+                .load_preset(UTF8_FULL_CONDENSED)
+                .set_content_arrangement(ContentArrangement::Dynamic)
+                .set_header(["time", "caller", "rpc", "filter", "rows", "outcome"]);
+            for r in records {
+                table.add_row([
+                    time(r.time),
+                    r.caller.clone(),
+                    r.rpc.rsplit('/').next().unwrap_or_default().to_owned(),
+                    r.filter_json.clone(),
+                    r.rows.to_string(),
+                    r.outcome.clone(),
+                ]);
+            }
+            println!("{table}");
+        }
+    }
+}
+
 pub fn findings(
     output: Output,
     findings: &[vigil_proto::finding::v1::Finding],

@@ -174,3 +174,42 @@ async fn errors_name_the_problem() -> anyhow::Result<()> {
     mesh.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_read_the_audit_trail_and_analysts_may_not() -> anyhow::Result<()> {
+    let mesh = Mesh::start().await?;
+    let listed = vigil(&mesh, &["events", "--limit", "3"])?;
+    assert!(listed.status.success(), "{}", text(&listed.stderr));
+    let admin = mesh.pki.user("admin");
+    let (cert, key) = (admin.cert.to_string_lossy(), admin.key.to_string_lossy());
+    let args = |caller: &'static str| {
+        vec![
+            "audit", "--cert", &cert, "--key", &key, "--caller", caller, "-o", "json",
+        ]
+    };
+    let mut records = Vec::new();
+    for _ in 0..100 {
+        let out = vigil(&mesh, &args("spiffe://vigil.local/user/analyst"))?;
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let body: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        records = body["records"].as_array().cloned().unwrap_or_default();
+        if !records.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["rpc"], "/vigil.query.v1.QueryService/ListEvents");
+    assert_eq!(records[0]["filter"]["limit"], 3);
+    assert_eq!(records[0]["outcome"], "OK");
+
+    let refused = vigil(&mesh, &["audit"])?;
+    assert_eq!(refused.status.code(), Some(4), "{}", text(&refused.stderr));
+    assert!(
+        text(&refused.stderr).contains("only admins may read the audit trail"),
+        "{}",
+        text(&refused.stderr)
+    );
+    mesh.stop().await;
+    Ok(())
+}

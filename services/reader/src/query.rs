@@ -9,11 +9,12 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 use vigil_common::error::{ApiError, FieldViolation};
+use vigil_proto::audit::v1::AuditRecord;
 use vigil_proto::event::v1::SecurityEvent;
 use vigil_proto::finding::v1::Finding;
 use vigil_proto::query::v1::{
-    GetEventRequest, GetFindingRequest, GetFindingResponse, ListEventsRequest, ListEventsResponse,
-    ListFindingsRequest, ListFindingsResponse,
+    GetEventRequest, GetFindingRequest, GetFindingResponse, ListAuditRecordsRequest,
+    ListEventsRequest, ListEventsResponse, ListFindingsRequest, ListFindingsResponse,
 };
 
 pub const DEFAULT_LIMIT: u32 = 100;
@@ -575,6 +576,61 @@ pub async fn get_event(
     let payload: Vec<u8> = row.try_get("payload").map_err(db_error)?;
     SecurityEvent::decode(payload.as_slice())
         .map_err(|e| ApiError::Internal(format!("stored event {id}: {e}")))
+}
+
+/// The audit trail newest first, for an all-tenants caller (the service
+/// checks the role; row-level security hides every row from anyone else).
+pub async fn list_audit(
+    db: &Db,
+    caller: &Caller,
+    deadline: Option<std::time::Duration>,
+    request: &ListAuditRecordsRequest,
+) -> Result<Vec<AuditRecord>, ApiError> {
+    let mut violations = Vec::new();
+    if request.caller.len() > 256 {
+        violations.push(FieldViolation::new("caller", "at most 256 bytes"));
+    }
+    let before = match request.before_time {
+        0 => None,
+        ms => DateTime::from_timestamp_millis(ms).or_else(|| {
+            violations.push(FieldViolation::new("before_time", "out of range"));
+            None
+        }),
+    };
+    if !violations.is_empty() {
+        return Err(ApiError::InvalidArgument(violations));
+    }
+    let mut tx = db.begin(caller, deadline).await?;
+    let rows = sqlx::query(
+        "SELECT audit_id, time, service, caller, rpc, filter::text AS filter, rows, outcome FROM audit
+         WHERE ($1::text IS NULL OR caller = $1) AND ($2::timestamptz IS NULL OR time < $2)
+         ORDER BY time DESC, audit_id DESC LIMIT $3",
+    )
+    .bind((!request.caller.is_empty()).then_some(request.caller.as_str()))
+    .bind(before)
+    .bind(i64::from(page_limit(request.limit)))
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db_error)?;
+    tx.commit().await.map_err(db_error)?;
+    rows.iter()
+        .map(|row| {
+            let time: DateTime<Utc> = row.try_get("time")?;
+            let id: uuid::Uuid = row.try_get("audit_id")?;
+            let count: i32 = row.try_get("rows")?;
+            Ok(AuditRecord {
+                audit_id: id.to_string(),
+                time: time.timestamp_millis(),
+                service: row.try_get("service")?,
+                caller: row.try_get("caller")?,
+                rpc: row.try_get("rpc")?,
+                filter_json: row.try_get("filter")?,
+                rows: u32::try_from(count).unwrap_or(0),
+                outcome: row.try_get("outcome")?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(db_error)
 }
 
 #[cfg(test)]

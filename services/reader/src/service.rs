@@ -12,8 +12,9 @@ use vigil_common::identity::{Identity, PeerInfo};
 use vigil_common::policy::{LivePolicy, Role};
 use vigil_proto::query::v1::query_service_server::QueryService;
 use vigil_proto::query::v1::{
-    GetEventRequest, GetEventResponse, GetFindingRequest, GetFindingResponse, ListEventsRequest,
-    ListEventsResponse, ListFindingsRequest, ListFindingsResponse,
+    GetEventRequest, GetEventResponse, GetFindingRequest, GetFindingResponse,
+    ListAuditRecordsRequest, ListAuditRecordsResponse, ListEventsRequest, ListEventsResponse,
+    ListFindingsRequest, ListFindingsResponse,
 };
 
 use crate::audit::Auditor;
@@ -30,6 +31,7 @@ const RPC_LIST_EVENTS: &str = "/vigil.query.v1.QueryService/ListEvents";
 const RPC_GET_EVENT: &str = "/vigil.query.v1.QueryService/GetEvent";
 const RPC_LIST_FINDINGS: &str = "/vigil.query.v1.QueryService/ListFindings";
 const RPC_GET_FINDING: &str = "/vigil.query.v1.QueryService/GetFinding";
+const RPC_LIST_AUDIT: &str = "/vigil.query.v1.QueryService/ListAuditRecords";
 
 /// The caller's identity as the audit trail names it.
 fn caller_name<T>(request: &Request<T>) -> String {
@@ -186,5 +188,40 @@ impl QueryService for QueryApi {
             )
             .await?;
         Ok(Response::new(answer))
+    }
+
+    async fn list_audit_records(
+        &self,
+        request: Request<ListAuditRecordsRequest>,
+    ) -> Result<Response<ListAuditRecordsResponse>, Status> {
+        let deadline = vigil_common::grpc::deadline(request.metadata());
+        let r = request.get_ref();
+        let filter = json!({
+            "caller": r.caller,
+            "before_time": r.before_time,
+            "limit": r.limit,
+        });
+        let result = async {
+            let caller = self.caller(&request)?;
+            if caller.scope != TenantScope::All {
+                return Err(ApiError::PermissionDenied(format!(
+                    "{} is not an admin; only admins may read the audit trail",
+                    caller.name
+                )));
+            }
+            query::list_audit(&self.db, &caller, deadline, r).await
+        }
+        .await;
+        let records = self
+            .audit
+            .seal(
+                &caller_name(&request),
+                RPC_LIST_AUDIT,
+                filter,
+                result,
+                Vec::len,
+            )
+            .await?;
+        Ok(Response::new(ListAuditRecordsResponse { records }))
     }
 }

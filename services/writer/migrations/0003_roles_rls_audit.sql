@@ -5,7 +5,8 @@
 --   <database>_writer  INSERT and SELECT on events and audit, INSERT, SELECT
 --                      and UPDATE (newer versions) on findings; no DELETE,
 --                      no DDL
---   <database>_reader  SELECT on events and findings; nothing else
+--   <database>_reader  SELECT on events and findings (and on audit, whose
+--                      rows only an all-tenants session sees); nothing else
 -- Neither owns anything, so row-level security applies to both.
 DO $roles$
 DECLARE
@@ -67,8 +68,15 @@ REVOKE ALL ON audit FROM PUBLIC;
 DO $grants$
 BEGIN
     EXECUTE format('GRANT SELECT, INSERT ON audit TO %I', current_database() || '_writer');
+    -- For the admin-only ListAuditRecords; RLS below shows the rows only to
+    -- a session scoped to every tenant.
+    EXECUTE format('GRANT SELECT ON audit TO %I', current_database() || '_reader');
 END
 $grants$;
+ALTER TABLE audit ENABLE ROW LEVEL SECURITY;
+CREATE POLICY all_tenants_only ON audit
+    USING (coalesce(current_setting('vigil.tenants', true), '') = '*')
+    WITH CHECK (coalesce(current_setting('vigil.tenants', true), '') = '*');
 
 CREATE FUNCTION vigil_audit_append_only() RETURNS trigger
 LANGUAGE plpgsql AS $$
