@@ -537,10 +537,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             })?;
             let _ = client.flush().await;
             eprintln!(
-                "provisioned streams {}, {} and {}, the writer's and correlator's consumers, and the {} bucket",
+                "provisioned streams {}, {}, {} and {} (append-only), the writer's and correlator's consumers, and the {} bucket",
                 vigil_common::subjects::EVENTS_STREAM,
                 vigil_common::subjects::FINDINGS_STREAM,
                 vigil_common::subjects::DLQ_STREAM,
+                vigil_common::subjects::AUDIT_STREAM,
                 vigil_common::subjects::CORRELATOR_BUCKET
             );
             Ok(())
