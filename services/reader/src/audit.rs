@@ -14,6 +14,20 @@ use vigil_proto::audit::v1::AuditRecord;
 /// How long a query waits for its audit record to be durable.
 pub const AUDIT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A `ListEvents` request's filters as its audit record states them (the
+/// page token itself is left out; only whether there was one).
+pub fn list_events_filter(r: &vigil_proto::query::v1::ListEventsRequest) -> serde_json::Value {
+    serde_json::json!({
+        "min_severity": r.min_severity,
+        "class_uids": r.class_uids,
+        "source_device": r.source_device,
+        "start_time": r.start_time,
+        "end_time": r.end_time,
+        "limit": r.limit,
+        "next_page": !r.page_token.is_empty(),
+    })
+}
+
 #[derive(Clone)]
 pub struct Auditor {
     js: jetstream::Context,

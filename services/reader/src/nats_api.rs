@@ -82,15 +82,7 @@ async fn answer(db: &Db, audit: &Auditor, payload: &[u8]) -> Result<Bytes, ApiEr
     let request = ListEventsRequest::decode(payload)
         .map_err(|_| ApiError::invalid("request", "not a vigil.query.v1.ListEventsRequest"));
     let filter = match &request {
-        Ok(r) => serde_json::json!({
-            "min_severity": r.min_severity,
-            "class_uids": r.class_uids,
-            "source_device": r.source_device,
-            "start_time": r.start_time,
-            "end_time": r.end_time,
-            "limit": r.limit,
-            "next_page": !r.page_token.is_empty(),
-        }),
+        Ok(r) => crate::audit::list_events_filter(r),
         Err(_) => serde_json::json!({ "undecodable": true }),
     };
     let result = async {

@@ -87,15 +87,7 @@ impl QueryService for QueryApi {
     ) -> Result<Response<ListEventsResponse>, Status> {
         let deadline = vigil_common::grpc::deadline(request.metadata());
         let r = request.get_ref();
-        let filter = json!({
-            "min_severity": r.min_severity,
-            "class_uids": r.class_uids,
-            "source_device": r.source_device,
-            "start_time": r.start_time,
-            "end_time": r.end_time,
-            "limit": r.limit,
-            "next_page": !r.page_token.is_empty(),
-        });
+        let filter = crate::audit::list_events_filter(r);
         let result = async {
             let caller = self.caller(&request)?;
             let query = EventQuery::parse(r, &self.db.tokens, &caller.name)?;
