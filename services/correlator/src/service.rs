@@ -112,6 +112,38 @@ pub struct Counters {
     pub watermark_ms: AtomicI64,
     pub rule_reloads: AtomicU64,
     pub rule_reload_failures: AtomicU64,
+    pub checkpoint_bytes: AtomicU64,
+}
+
+/// Largest checkpoint the correlator will inflate (a corrupted or hostile
+/// value must not exhaust memory).
+const MAX_CHECKPOINT_JSON: u64 = 1 << 30;
+
+/// The engine state as stored in KV: gzip-compressed JSON (the JSON of
+/// event ids and keys shrinks several times, and the value must fit NATS's
+/// max_payload).
+pub fn encode_checkpoint(state: &State) -> Result<Vec<u8>, String> {
+    use std::io::Write;
+    let json = serde_json::to_vec(state).map_err(|e| e.to_string())?;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&json).map_err(|e| e.to_string())?;
+    gz.finish().map_err(|e| e.to_string())
+}
+
+/// Reads a checkpoint: gzip-compressed JSON, or plain JSON as written by
+/// earlier versions.
+pub fn decode_checkpoint(bytes: &[u8]) -> Result<State, String> {
+    use std::io::Read;
+    if bytes.starts_with(&[0x1f, 0x8b]) {
+        let mut json = Vec::new();
+        flate2::read::GzDecoder::new(bytes)
+            .take(MAX_CHECKPOINT_JSON)
+            .read_to_end(&mut json)
+            .map_err(|e| format!("not a gzip checkpoint: {e}"))?;
+        serde_json::from_slice(&json).map_err(|e| e.to_string())
+    } else {
+        serde_json::from_slice(bytes).map_err(|e| e.to_string())
+    }
 }
 
 impl Counters {
@@ -148,6 +180,12 @@ impl Counters {
                 help: "Messages that were not an EventBatch.",
                 kind: "counter",
                 value: n(&self.undecodable),
+            },
+            Sample {
+                name: "vigil_correlator_checkpoint_bytes",
+                help: "Size of the last checkpoint written to KV (compressed).",
+                kind: "gauge",
+                value: n(&self.checkpoint_bytes),
             },
             Sample {
                 name: "vigil_correlator_watermark_seconds",
@@ -213,12 +251,12 @@ impl Correlator {
             })?;
         let key = subjects::correlator_checkpoint_key(parts.partition);
         let state = match bucket.get(&key).await {
-            Ok(Some(bytes)) => serde_json::from_slice::<State>(&bytes).map_err(|e| {
-                CorrelatorError::Checkpoint {
+            Ok(Some(bytes)) => {
+                decode_checkpoint(&bytes).map_err(|reason| CorrelatorError::Checkpoint {
                     key: key.clone(),
-                    reason: e.to_string(),
-                }
-            })?,
+                    reason,
+                })?
+            }
             Ok(None) => State::default(),
             Err(e) => {
                 return Err(CorrelatorError::Setup {
@@ -444,7 +482,10 @@ async fn commit(
     for ack in futures::future::join_all(acks).await {
         ack.map_err(|e| e.to_string())?;
     }
-    let state = serde_json::to_vec(&engine.state).map_err(|e| e.to_string())?;
+    let state = encode_checkpoint(&engine.state)?;
+    counters
+        .checkpoint_bytes
+        .store(state.len() as u64, Ordering::Relaxed);
     bucket
         .put(key, Bytes::from(state))
         .await
@@ -479,9 +520,7 @@ async fn restore(
         reason,
     };
     let state = match bucket.get(key).await {
-        Ok(Some(bytes)) => {
-            serde_json::from_slice::<State>(&bytes).map_err(|e| unreadable(e.to_string()))?
-        }
+        Ok(Some(bytes)) => decode_checkpoint(&bytes).map_err(unreadable)?,
         Ok(None) => State::default(),
         Err(e) => return Err(unreadable(e.to_string())),
     };
@@ -504,4 +543,42 @@ fn hangup_signal() -> tokio::sync::mpsc::Receiver<()> {
         }
     });
     rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn checkpoints_are_compressed_and_plain_json_still_reads() -> Result<(), String> {
+        let rules = rules::parse(rules::DEFAULT_RULES).map_err(|e| e.to_string())?;
+        let mut engine = Engine::new(rules, Settings::default(), State::default());
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let start = 1_790_000_000_000i64;
+        for i in 0..20_000 {
+            let kind = vigil_client::events::random_kind(&mut rng);
+            let event = vigil_client::events::sample(kind, &mut rng, start + i * 50);
+            engine.ingest("acme", &event);
+        }
+        let json = serde_json::to_vec(&engine.state).map_err(|e| e.to_string())?;
+        let packed = encode_checkpoint(&engine.state)?;
+        println!(
+            "checkpoint: {} bytes of JSON, {} gzip",
+            json.len(),
+            packed.len()
+        );
+        assert!(
+            packed.len() * 3 < json.len(),
+            "{} vs {}",
+            packed.len(),
+            json.len()
+        );
+        let again = |s: State| serde_json::to_vec(&s).map_err(|e| e.to_string());
+        assert_eq!(again(decode_checkpoint(&packed)?)?, json);
+        assert_eq!(again(decode_checkpoint(&json)?)?, json, "plain JSON");
+        assert!(decode_checkpoint(&[0x1f, 0x8b, 1, 2, 3]).is_err());
+        assert!(decode_checkpoint(b"not json").is_err());
+        Ok(())
+    }
 }
