@@ -254,7 +254,8 @@ impl ServerTls {
     /// connections the new material would refuse.
     pub fn reload_if_changed(&self) -> Result<Reload, TlsError> {
         let snapshot = snapshot(&self.files)?;
-        if *lock(&self.loaded) == snapshot {
+        if *lock(&self.loaded) == snapshot || lock(&self.failed).as_ref() == Some(&snapshot) {
+            // Nothing new (a broken version was reported when it appeared).
             return Ok(Reload::Unchanged);
         }
         let material = match build_material(&self.files) {
@@ -317,10 +318,7 @@ impl ServerTls {
                         tracing::info!(cut, "tls material reloaded");
                     }
                     Err(error) => {
-                        let first = lock(&tls.failed).is_some();
-                        if first {
-                            tracing::error!(%error, "tls material not reloaded; keeping the running one");
-                        }
+                        tracing::error!(%error, "tls material not reloaded; keeping the running one");
                     }
                 }
             }
@@ -526,4 +524,39 @@ pub fn incoming(
 pub fn ip_in(nets: &[ipnet::IpNet], ip: IpAddr) -> bool {
     let ip = ip.to_canonical();
     nets.iter().any(|n| n.contains(&ip))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_broken_file_is_refused_once_and_the_fix_is_picked_up()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let pki = vigil_certs::generate(dir.path(), &vigil_certs::Options::default())?;
+        let server = pki.server("gateway");
+        let files = ServerTlsFiles {
+            cert: server.cert.clone(),
+            key: server.key.clone(),
+            client_ca: pki.ca(),
+            crl: Some(pki.crl()),
+        };
+        let tls = ServerTls::load(&files)?;
+        assert_eq!(tls.reload_if_changed()?, Reload::Unchanged);
+        let good = std::fs::read(&server.cert)?;
+        std::fs::write(&server.cert, b"-----BEGIN CERTIFICATE-----\nbroken\n")?;
+        assert!(tls.reload_if_changed().is_err(), "broken file accepted");
+        assert_eq!(
+            tls.reload_if_changed()?,
+            Reload::Unchanged,
+            "reported twice"
+        );
+        std::fs::write(&server.cert, &good)?;
+        // The good content again is what is loaded: nothing to do.
+        assert_eq!(tls.reload_if_changed()?, Reload::Unchanged);
+        vigil_certs::revoke(dir.path(), &pki.device("acme", "cam-01").cert)?;
+        assert_eq!(tls.reload_if_changed()?, Reload::Reloaded { cut: 0 });
+        Ok(())
+    }
 }
