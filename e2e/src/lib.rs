@@ -305,6 +305,8 @@ pub struct MeshOptions {
     /// Calls per second per identity at the gateway and the reader.
     pub rate_per_sec: u32,
     pub rate_burst: u32,
+    /// The longest a reader query may run (VIGIL_READER_QUERY_TIMEOUT_SECS).
+    pub reader_query_timeout_secs: u64,
     /// The gateway's pseudonymisation file and key.
     pub pseudonymise: Option<(PathBuf, PathBuf)>,
     /// The gateway's and reader's allowlist (default: [`loopback`]).
@@ -336,6 +338,7 @@ impl Default for MeshOptions {
             rate_per_sec: 100_000,
             rate_burst: 100_000,
             allow: None,
+            reader_query_timeout_secs: 10,
             pseudonymise: None,
         }
     }
@@ -431,7 +434,7 @@ impl Mesh {
             nats_ca: pki.ca(),
             nats_cert: nats_client("reader").cert,
             nats_key: nats_client("reader").key,
-            query_timeout_secs: 10,
+            query_timeout_secs: options.reader_query_timeout_secs,
             policy: options
                 .policy
                 .clone()

@@ -580,7 +580,11 @@ async fn every_query_is_audited_and_the_trail_cannot_be_purged() -> anyhow::Resu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_query_past_its_deadline_is_cancelled_in_postgres_too() -> anyhow::Result<()> {
-    let mesh = Mesh::start().await?;
+    let mesh = Mesh::start_with(vigil_e2e::MeshOptions {
+        reader_query_timeout_secs: 2,
+        ..Default::default()
+    })
+    .await?;
     // Hold a lock the reader's SELECT must wait for.
     let mut blocker = sqlx::PgConnection::connect(&mesh.db.url).await?;
     let mut tx = blocker.begin().await?;
@@ -621,6 +625,25 @@ async fn a_query_past_its_deadline_is_cancelled_in_postgres_too() -> anyhow::Res
         },
     )
     .await?;
+    // Without a client deadline, the reader's own limit (2 s here) applies,
+    // and the caller is told so.
+    let started = std::time::Instant::now();
+    let status = analyst
+        .list_events(ListEventsRequest::default())
+        .await
+        .err();
+    assert_eq!(
+        status.as_ref().map(tonic::Status::code),
+        Some(Code::DeadlineExceeded),
+        "{status:?}"
+    );
+    assert!(
+        status
+            .as_ref()
+            .is_some_and(|s| s.message().contains("Postgres cancelled it")),
+        "{status:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
     tx.rollback().await?;
     // And the reader answers the next query normally.
     analyst.list_events(ListEventsRequest::default()).await?;

@@ -50,6 +50,9 @@ pub enum ApiError {
         reason: String,
         retry_after: Duration,
     },
+    /// The work took longer than allowed and was cancelled (nothing changed).
+    #[error("deadline exceeded: {0}")]
+    DeadlineExceeded(String),
     /// A bug or an unexpected failure; details are logged, never returned.
     #[error("internal error: {0}")]
     Internal(String),
@@ -74,6 +77,7 @@ impl ApiError {
             ApiError::NotFound(_) => "NOT_FOUND",
             ApiError::ResourceExhausted { .. } => "RESOURCE_EXHAUSTED",
             ApiError::Unavailable { .. } => "UNAVAILABLE",
+            ApiError::DeadlineExceeded(_) => "DEADLINE_EXCEEDED",
             ApiError::Internal(_) => "INTERNAL",
         }
     }
@@ -112,6 +116,7 @@ impl From<ApiError> for Status {
                 reason,
                 ErrorDetails::with_retry_info(Some(retry_after)),
             ),
+            ApiError::DeadlineExceeded(m) => Status::deadline_exceeded(m),
             ApiError::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
                 Status::internal("internal error")
@@ -153,6 +158,10 @@ mod tests {
                     retry_after: Duration::from_secs(1),
                 },
                 Code::Unavailable,
+            ),
+            (
+                ApiError::DeadlineExceeded("query cancelled".into()),
+                Code::DeadlineExceeded,
             ),
             (
                 ApiError::Internal("db password wrong".into()),

@@ -106,6 +106,7 @@ fn error_reply(error: &ApiError) -> (&'static str, String) {
         ApiError::NotFound(_) => "404",
         ApiError::ResourceExhausted { .. } => "429",
         ApiError::Unavailable { .. } => "503",
+        ApiError::DeadlineExceeded(_) => "504",
         ApiError::Internal(detail) => {
             tracing::error!(%detail, "internal error answering query.events");
             return ("500", "internal error".into());

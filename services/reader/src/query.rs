@@ -350,6 +350,13 @@ fn db_error(error: sqlx::Error) -> ApiError {
                 retry_after: std::time::Duration::from_secs(1),
             }
         }
+        // query_canceled: statement_timeout, i.e. the caller's deadline or
+        // VIGIL_READER_QUERY_TIMEOUT_SECS.
+        sqlx::Error::Database(e) if e.code().as_deref() == Some("57014") => {
+            ApiError::DeadlineExceeded(
+                "the query ran past its deadline and Postgres cancelled it".into(),
+            )
+        }
         other => ApiError::Internal(other.to_string()),
     }
 }
