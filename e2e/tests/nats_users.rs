@@ -396,7 +396,17 @@ async fn subject_matrix_of_every_user() -> anyhow::Result<()> {
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     // Allowed publishes to stream subjects were stored, refused ones not.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stored = || {
+        let (js, before, expected) = (admin_js.clone(), &before, &expected_growth);
+        async move {
+            counts(js).await.is_ok_and(|now| {
+                expected.iter().all(|(s, n)| {
+                    now.get(s).copied().unwrap_or(0) >= before.get(s).copied().unwrap_or(0) + n
+                })
+            })
+        }
+    };
+    vigil_e2e::wait_until(Duration::from_secs(5), "allowed publishes stored", stored).await?;
     let after = counts(admin_js).await?;
     for (stream, n) in &after {
         let grew = n - before.get(stream).copied().unwrap_or(0);

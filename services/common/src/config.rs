@@ -76,7 +76,9 @@ impl Allowlist {
         Self(nets)
     }
     pub fn permits(&self, ip: std::net::IpAddr) -> bool {
-        crate::tls::ip_in(&self.0, ip)
+        // An IPv4-mapped IPv6 peer counts as its IPv4 address.
+        let ip = ip.to_canonical();
+        self.0.iter().any(|n| n.contains(&ip))
     }
     /// Whether the list lets every address in (`0.0.0.0/0` or `::/0`).
     pub fn is_wildcard(&self) -> bool {

@@ -32,53 +32,47 @@ pub struct RateLimit {
     pub burst: u32,
 }
 
-/// What stands between the network and a service.
-pub struct Edge {
-    pub tls: Arc<ServerTls>,
-    pub allow: Arc<Allowlist>,
-    pub rate: RateLimit,
-    pub tls_reload: Duration,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_grpc_timeout_headers() {
-        for (value, expected) in [
-            ("250m", Some(Duration::from_millis(250))),
-            ("3S", Some(Duration::from_secs(3))),
-            ("2M", Some(Duration::from_secs(120))),
-            ("1H", Some(Duration::from_secs(3600))),
-            ("10u", Some(Duration::from_micros(10))),
-            ("5n", Some(Duration::from_nanos(5))),
-            ("5", None),
-            ("m", None),
-            ("12x", None),
-            ("-1S", None),
-            ("1234567890S", None),
-        ] {
-            let mut md = tonic::metadata::MetadataMap::new();
-            if let Ok(v) = value.parse() {
-                md.insert("grpc-timeout", v);
-            }
-            assert_eq!(deadline(&md), expected, "{value}");
+impl RateLimit {
+    /// Both numbers must be at least 1; `prefix` names the settings
+    /// (`VIGIL_GATEWAY` -> `VIGIL_GATEWAY_RATE_PER_SEC`, `_RATE_BURST`).
+    pub fn check(&self, prefix: &str, errors: &mut crate::config::ConfigErrors) {
+        if self.per_second == 0 {
+            errors.add(&format!("{prefix}_RATE_PER_SEC"), "must be at least 1");
+        }
+        if self.burst == 0 {
+            errors.add(&format!("{prefix}_RATE_BURST"), "must be at least 1");
         }
     }
 }
 
+/// What stands between the network and a service.
+pub struct Edge {
+    pub tls: Arc<ServerTls>,
+    pub allow: Arc<Allowlist>,
+    rate: RateLayer,
+    pub tls_reload: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("rate limit: calls per second and burst must be at least 1")]
+    Rate,
+}
+
 impl Edge {
-    /// Loads the TLS material (errors name the file).
+    /// Loads the TLS material (errors name the file) and builds the rate
+    /// limiter.
     pub fn load(
         tls: &crate::config::ServerTlsFiles,
         allow: Allowlist,
         rate: RateLimit,
-    ) -> Result<Self, crate::tls::TlsError> {
+    ) -> Result<Self, EdgeError> {
         Ok(Self {
             tls: ServerTls::load(tls)?,
             allow: Arc::new(allow),
-            rate,
+            rate: rate_layer(rate).ok_or(EdgeError::Rate)?,
             tls_reload: TLS_RELOAD_INTERVAL,
         })
     }
@@ -112,24 +106,15 @@ type RateLayer = GovernorLayer<IdentityKey, NoOpMiddleware, tonic::body::Body>;
 /// A tonic server with vigil's connection settings.
 pub type VigilServer = tonic::transport::Server<Stack<RateLayer, NoLayer>>;
 
-fn rate_layer(rate: RateLimit) -> RateLayer {
-    let per_second = rate.per_second.max(1);
+/// `None` when either number is 0.
+fn rate_layer(rate: RateLimit) -> Option<RateLayer> {
+    let period = 1_000_000_000u64.checked_div(u64::from(rate.per_second))?;
     let config = GovernorConfigBuilder::default()
-        .period(Duration::from_nanos(1_000_000_000 / u64::from(per_second)))
-        .burst_size(rate.burst.max(1))
+        .period(Duration::from_nanos(period))
+        .burst_size(rate.burst)
         .key_extractor(IdentityKey)
-        .finish();
-    let layer = match config {
-        Some(config) => GovernorLayer::new(config),
-        // Unreachable: period and burst are non-zero above.
-        None => GovernorLayer::new(
-            GovernorConfigBuilder::default()
-                .key_extractor(IdentityKey)
-                .finish()
-                .unwrap_or_else(|| unreachable!("default governor config is valid")),
-        ),
-    };
-    layer.error_handler(|error| {
+        .finish()?;
+    Some(GovernorLayer::new(config).error_handler(|error| {
         let api = match error {
             tower_governor::GovernorError::TooManyRequests { wait_time, .. } => {
                 ApiError::ResourceExhausted {
@@ -140,11 +125,12 @@ fn rate_layer(rate: RateLimit) -> RateLayer {
             other => ApiError::Unauthenticated(other.to_string()),
         };
         tonic::Status::from(api).into_http()
-    })
+    }))
 }
 
-/// A server with vigil's connection settings, ready for `add_service`.
-pub fn server(max_concurrent_streams: u32, rate: RateLimit) -> VigilServer {
+/// A server with vigil's connection settings behind `edge`'s rate limit,
+/// ready for `add_service`.
+pub fn server(max_concurrent_streams: u32, edge: &Edge) -> VigilServer {
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
@@ -158,7 +144,7 @@ pub fn server(max_concurrent_streams: u32, rate: RateLimit) -> VigilServer {
         // HTTP/2 "rapid reset": a client may not open and cancel streams
         // faster than they are served.
         .http2_max_pending_accept_reset_streams(Some(64))
-        .layer(rate_layer(rate))
+        .layer(edge.rate.clone())
 }
 
 /// The caller's deadline from its `grpc-timeout` header (`<digits><unit>`,
@@ -214,4 +200,32 @@ pub async fn serve_mtls(
     crate::shutdown::drain_within(shutdown, serving)
         .await
         .unwrap_or(Ok(()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_grpc_timeout_headers() {
+        for (value, expected) in [
+            ("250m", Some(Duration::from_millis(250))),
+            ("3S", Some(Duration::from_secs(3))),
+            ("2M", Some(Duration::from_secs(120))),
+            ("1H", Some(Duration::from_secs(3600))),
+            ("10u", Some(Duration::from_micros(10))),
+            ("5n", Some(Duration::from_nanos(5))),
+            ("5", None),
+            ("m", None),
+            ("12x", None),
+            ("-1S", None),
+            ("1234567890S", None),
+        ] {
+            let mut md = tonic::metadata::MetadataMap::new();
+            if let Ok(v) = value.parse() {
+                md.insert("grpc-timeout", v);
+            }
+            assert_eq!(deadline(&md), expected, "{value}");
+        }
+    }
 }

@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,6 +45,10 @@ use crate::identity::{Identity, IdentityError, PeerInfo};
 /// A client that connects and does not finish its handshake in this time is
 /// dropped, so half-open connections cannot pile up.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often open connections are re-verified when no file changed (for
+/// certificates that expire while connected).
+pub const EXPIRY_RECHECK: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -297,13 +301,15 @@ impl ServerTls {
     }
 
     /// Reloads every `interval` until `shutdown`, logging what happened.
-    /// Also re-checks open connections, so a certificate that expires
-    /// while connected is cut too.
+    /// Open connections are re-verified on every reload, and every
+    /// [`EXPIRY_RECHECK`] otherwise, so a certificate that expires while
+    /// connected is cut too (without verifying every chain every second).
     pub fn watch(self: &Arc<Self>, interval: Duration, shutdown: CancellationToken) {
         let tls = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last_check = tokio::time::Instant::now();
             loop {
                 tokio::select! {
                     () = shutdown.cancelled() => break,
@@ -312,10 +318,14 @@ impl ServerTls {
                 let Some(tls) = tls.upgrade() else { break };
                 match tls.reload_if_changed() {
                     Ok(Reload::Unchanged) => {
-                        tls.recheck_live();
+                        if last_check.elapsed() >= EXPIRY_RECHECK {
+                            tls.recheck_live();
+                            last_check = tokio::time::Instant::now();
+                        }
                     }
                     Ok(Reload::Reloaded { cut }) => {
                         tracing::info!(cut, "tls material reloaded");
+                        last_check = tokio::time::Instant::now();
                     }
                     Err(error) => {
                         tracing::error!(%error, "tls material not reloaded; keeping the running one");
@@ -517,13 +527,6 @@ pub fn incoming(
         }
     });
     ReceiverStream::new(rx)
-}
-
-/// Whether `ip` (an IPv4-mapped IPv6 address counts as its IPv4 address)
-/// is in `nets`.
-pub fn ip_in(nets: &[ipnet::IpNet], ip: IpAddr) -> bool {
-    let ip = ip.to_canonical();
-    nets.iter().any(|n| n.contains(&ip))
 }
 
 #[cfg(test)]

@@ -156,12 +156,7 @@ impl Config {
         self.nats().check("VIGIL_GATEWAY", &mut errors);
         self.allowlist()
             .check("VIGIL_GATEWAY_ALLOW", self.insecure_dev, &mut errors);
-        if self.rate_per_sec == 0 || self.rate_burst == 0 {
-            errors.add(
-                "VIGIL_GATEWAY_RATE_PER_SEC",
-                "rate and burst (VIGIL_GATEWAY_RATE_BURST) must be at least 1",
-            );
-        }
+        self.rate().check("VIGIL_GATEWAY", &mut errors);
         if self.max_batch_events == 0 || self.max_batch_events > 10_000 {
             errors.add("VIGIL_GATEWAY_MAX_BATCH_EVENTS", "must be 1 to 10000");
         }
@@ -187,6 +182,13 @@ impl Config {
         errors.into_result()
     }
 
+    pub fn rate(&self) -> vigil_common::grpc::RateLimit {
+        vigil_common::grpc::RateLimit {
+            per_second: self.rate_per_sec,
+            burst: self.rate_burst,
+        }
+    }
+
     pub fn allowlist(&self) -> Allowlist {
         Allowlist::new(self.allow.clone())
     }
@@ -205,7 +207,7 @@ pub enum GatewayError {
     #[error(transparent)]
     Config(#[from] InvalidConfig),
     #[error(transparent)]
-    Tls(#[from] vigil_common::tls::TlsError),
+    Edge(#[from] vigil_common::grpc::EdgeError),
     #[error(transparent)]
     Nats(#[from] vigil_common::nats::NatsConnectError),
     #[error("cannot listen on {addr}: {source}")]
@@ -237,14 +239,8 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, GatewayError> {
 pub async fn build(config: &Config) -> Result<Gateway, GatewayError> {
     config.validate()?;
     vigil_common::config::warn_insecure("gateway", config.insecure_dev);
-    let edge = vigil_common::grpc::Edge::load(
-        &config.tls_files(),
-        config.allowlist(),
-        vigil_common::grpc::RateLimit {
-            per_second: config.rate_per_sec,
-            burst: config.rate_burst,
-        },
-    )?;
+    let edge =
+        vigil_common::grpc::Edge::load(&config.tls_files(), config.allowlist(), config.rate())?;
     let nats = vigil_common::nats::connect(&config.nats(), "vigil-gateway").await?;
     let mut js = async_nats::jetstream::new(nats.clone());
     js.set_timeout(Duration::from_secs(config.publish_timeout_secs));
@@ -326,7 +322,7 @@ impl Gateway {
         let ingest = IngestServiceServer::new(self.api)
             // Room for a full batch of maximal events, and no more.
             .max_decoding_message_size(16 * 1024 * 1024);
-        let router = vigil_common::grpc::server(256, self.edge.rate)
+        let router = vigil_common::grpc::server(256, &self.edge)
             .add_service(ingest)
             .add_optional_service(vigil_common::grpc::reflection());
         vigil_common::grpc::serve_mtls(router, self.listener, &self.edge, &shutdown).await?;

@@ -135,6 +135,13 @@ impl Config {
         }
     }
 
+    pub fn rate(&self) -> vigil_common::grpc::RateLimit {
+        vigil_common::grpc::RateLimit {
+            per_second: self.rate_per_sec,
+            burst: self.rate_burst,
+        }
+    }
+
     pub fn allowlist(&self) -> Allowlist {
         Allowlist::new(self.allow.clone())
     }
@@ -154,12 +161,7 @@ impl Config {
         );
         self.allowlist()
             .check("VIGIL_READER_ALLOW", self.insecure_dev, &mut errors);
-        if self.rate_per_sec == 0 || self.rate_burst == 0 {
-            errors.add(
-                "VIGIL_READER_RATE_PER_SEC",
-                "rate and burst (VIGIL_READER_RATE_BURST) must be at least 1",
-            );
-        }
+        self.rate().check("VIGIL_READER", &mut errors);
         if let Some(path) = &self.page_token_key {
             match std::fs::read(path) {
                 Ok(secret) if secret.len() >= 32 => {}
@@ -182,7 +184,7 @@ pub enum ReaderError {
     #[error(transparent)]
     Config(#[from] InvalidConfig),
     #[error(transparent)]
-    Tls(#[from] vigil_common::tls::TlsError),
+    Edge(#[from] vigil_common::grpc::EdgeError),
     #[error(transparent)]
     Nats(#[from] vigil_common::nats::NatsConnectError),
     #[error("cannot subscribe to query.events: {0}")]
@@ -220,14 +222,8 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ReaderError> {
 pub async fn build(config: &Config) -> Result<Reader, ReaderError> {
     config.validate()?;
     vigil_common::config::warn_insecure("reader", config.insecure_dev);
-    let edge = vigil_common::grpc::Edge::load(
-        &config.tls_files(),
-        config.allowlist(),
-        vigil_common::grpc::RateLimit {
-            per_second: config.rate_per_sec,
-            burst: config.rate_burst,
-        },
-    )?;
+    let edge =
+        vigil_common::grpc::Edge::load(&config.tls_files(), config.allowlist(), config.rate())?;
     let timeout_ms = config.query_timeout_secs * 1000;
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(8)
@@ -309,7 +305,7 @@ impl Reader {
             audit.clone(),
             shutdown.clone(),
         ));
-        let router = vigil_common::grpc::server(128, self.edge.rate)
+        let router = vigil_common::grpc::server(128, &self.edge)
             .add_service(QueryServiceServer::new(service::QueryApi::new(
                 self.db.clone(),
                 self.policy.clone(),

@@ -6,7 +6,6 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use prost::Message;
-use sha2::{Digest, Sha256};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 use vigil_common::error::{ApiError, FieldViolation};
 use vigil_proto::audit::v1::AuditRecord;
@@ -61,19 +60,19 @@ impl PageTokens {
         Ok(Self { key })
     }
 
-    fn signed(caller: &str, filter_hash: &str, position: &str) -> String {
-        format!("{caller}\n{filter_hash}\n{position}")
+    fn signed(caller: &str, filters: &str, position: &str) -> String {
+        format!("{caller}\n{filters}\n{position}")
     }
 
     /// `<base64url("v2.<time ms>.<id>")>.<mac>`.
-    pub fn encode(&self, caller: &str, filter_hash: &str, time: DateTime<Utc>, id: &str) -> String {
+    pub fn encode(&self, caller: &str, filters: &str, time: DateTime<Utc>, id: &str) -> String {
         let position = format!("v2.{}.{}", time.timestamp_millis(), id);
         format!(
             "{}.{}",
             URL_SAFE_NO_PAD.encode(&position),
             URL_SAFE_NO_PAD.encode(ring::hmac::sign(
                 &self.key,
-                Self::signed(caller, filter_hash, &position).as_bytes()
+                Self::signed(caller, filters, &position).as_bytes()
             ))
         )
     }
@@ -83,7 +82,7 @@ impl PageTokens {
     pub fn decode<I: std::str::FromStr>(
         &self,
         caller: &str,
-        filter_hash: &str,
+        filters: &str,
         token: &str,
     ) -> Result<(DateTime<Utc>, I), &'static str> {
         const MALFORMED: &str = "malformed page token";
@@ -97,7 +96,7 @@ impl PageTokens {
         // Constant-time comparison inside ring.
         ring::hmac::verify(
             &self.key,
-            Self::signed(caller, filter_hash, &text).as_bytes(),
+            Self::signed(caller, filters, &text).as_bytes(),
             &mac,
         )
         .map_err(|_| "page token was not issued for this query and caller")?;
@@ -163,7 +162,7 @@ pub struct EventQuery {
     end: Option<DateTime<Utc>>,
     limit: u32,
     after: Option<(DateTime<Utc>, uuid::Uuid)>,
-    filter_hash: String,
+    filters: String,
 }
 
 /// A validated `ListFindings`.
@@ -175,7 +174,7 @@ pub struct FindingQuery {
     end: Option<DateTime<Utc>>,
     limit: u32,
     after: Option<(DateTime<Utc>, String)>,
-    filter_hash: String,
+    filters: String,
 }
 
 impl FindingQuery {
@@ -190,7 +189,7 @@ impl FindingQuery {
             violations.push(FieldViolation::new("rule_id", "at most 64 bytes"));
         }
         let (start, end) = time_range(request.start_time, request.end_time, &mut violations);
-        let filter_hash = filter_hash(
+        let filters = filter_text(
             request.min_severity,
             &[],
             &format!("findings|{}", request.rule_id),
@@ -201,7 +200,7 @@ impl FindingQuery {
             tokens,
             caller,
             &request.page_token,
-            &filter_hash,
+            &filters,
             &mut violations,
         );
         if !violations.is_empty() {
@@ -214,7 +213,7 @@ impl FindingQuery {
             end,
             limit: page_limit(request.limit),
             after,
-            filter_hash,
+            filters,
         })
     }
 }
@@ -256,14 +255,14 @@ fn page_after<I: std::str::FromStr>(
     tokens: &PageTokens,
     caller: &str,
     token: &str,
-    filter_hash: &str,
+    filters: &str,
     violations: &mut Vec<FieldViolation>,
 ) -> Option<(DateTime<Utc>, I)> {
     if token.is_empty() {
         return None;
     }
     tokens
-        .decode(caller, filter_hash, token)
+        .decode(caller, filters, token)
         .map_err(|reason| violations.push(FieldViolation::new("page_token", reason)))
         .ok()
 }
@@ -293,7 +292,7 @@ impl EventQuery {
         let mut class_uids = request.class_uids.clone();
         class_uids.sort_unstable();
         class_uids.dedup();
-        let filter_hash = filter_hash(
+        let filters = filter_text(
             request.min_severity,
             &class_uids,
             &request.source_device,
@@ -304,7 +303,7 @@ impl EventQuery {
             tokens,
             caller,
             &request.page_token,
-            &filter_hash,
+            &filters,
             &mut violations,
         );
         if !violations.is_empty() {
@@ -319,27 +318,20 @@ impl EventQuery {
             end,
             limit: page_limit(request.limit),
             after,
-            filter_hash,
+            filters,
         })
     }
 }
 
-fn filter_hash(
+/// The filters a page token is bound to, as the text its HMAC covers.
+fn filter_text(
     min_severity: i32,
     class_uids: &[i32],
     device: &str,
     start: i64,
     end: i64,
 ) -> String {
-    let mut h = Sha256::new();
-    h.update(format!(
-        "{min_severity}|{class_uids:?}|{device}|{start}|{end}"
-    ));
-    h.finalize()
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    format!("{min_severity}|{class_uids:?}|{device}|{start}|{end}")
 }
 
 fn db_error(error: sqlx::Error) -> ApiError {
@@ -438,7 +430,7 @@ pub async fn list_events(
     let next_page_token = match (more, last) {
         (true, Some((time, id))) => {
             db.tokens
-                .encode(&caller.name, &query.filter_hash, time, &id.to_string())
+                .encode(&caller.name, &query.filters, time, &id.to_string())
         }
         _ => String::new(),
     };
@@ -503,7 +495,7 @@ pub async fn list_findings(
         last = Some((end, id));
     }
     let next_page_token = match (more, last) {
-        (true, Some((end, id))) => db.tokens.encode(&caller.name, &query.filter_hash, end, &id),
+        (true, Some((end, id))) => db.tokens.encode(&caller.name, &query.filters, end, &id),
         _ => String::new(),
     };
     Ok(ListFindingsResponse {
@@ -670,7 +662,7 @@ mod tests {
         let time = DateTime::from_timestamp_millis(1_790_000_000_123).unwrap_or_default();
         let id = uuid::Uuid::now_v7();
         (
-            tokens().encode(caller, &q.filter_hash, time, &id.to_string()),
+            tokens().encode(caller, &q.filters, time, &id.to_string()),
             time,
             id,
         )

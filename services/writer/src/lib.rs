@@ -25,9 +25,6 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use vigil_common::config::{ConfigErrors, InvalidConfig, NatsSettings};
-use vigil_common::subjects::{
-    EVENTS_STREAM, FINDINGS_STREAM, WRITER_CONSUMER, WRITER_FINDINGS_CONSUMER,
-};
 
 pub use store::MIGRATOR;
 
@@ -127,14 +124,10 @@ pub enum WriterError {
     Config(#[from] InvalidConfig),
     #[error(transparent)]
     Nats(#[from] vigil_common::nats::NatsConnectError),
-    #[error(
-        "cannot open consumer {WRITER_CONSUMER} on {EVENTS_STREAM} (was the admin provisioning run?): {0}"
-    )]
+    #[error("cannot open consumer {0} (was the admin provisioning run?)")]
     Consumer(String),
     #[error("cannot connect to postgres: {0}")]
     Database(#[source] sqlx::Error),
-    #[error("migrations failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -145,16 +138,15 @@ pub enum WriterError {
 pub struct Writer {
     pool: PgPool,
     nats: async_nats::Client,
-    consumer: PullConsumer,
-    findings_consumer: PullConsumer,
-    audit_consumer: PullConsumer,
+    /// The writer's durable consumer on each stream it stores.
+    consumers: Vec<(PullConsumer, store::Sink)>,
     delivery: deliver::Delivery,
     health_listener: TcpListener,
     batching: vigil_common::nats::Batching,
 }
 
-/// Connects to Postgres (migrating if configured) and NATS, opens the
-/// durable consumer, binds the health port.
+/// Connects to Postgres and NATS, opens the durable consumers, binds the
+/// health port.
 pub async fn build(config: &Config) -> Result<Writer, WriterError> {
     config.validate()?;
     vigil_common::config::warn_insecure("writer", config.insecure_dev);
@@ -175,21 +167,16 @@ pub async fn build(config: &Config) -> Result<Writer, WriterError> {
         .map_err(WriterError::Database)?;
     let nats = vigil_common::nats::connect(&config.nats(), "vigil-writer").await?;
     let js = jetstream::new(nats.clone());
-    let consumer: PullConsumer = js
-        .get_consumer_from_stream(WRITER_CONSUMER, EVENTS_STREAM)
-        .await
-        .map_err(|e| WriterError::Consumer(e.to_string()))?;
-    let findings_consumer: PullConsumer = js
-        .get_consumer_from_stream(WRITER_FINDINGS_CONSUMER, FINDINGS_STREAM)
-        .await
-        .map_err(|e| WriterError::Consumer(e.to_string()))?;
-    let audit_consumer: PullConsumer = js
-        .get_consumer_from_stream(
-            vigil_common::subjects::WRITER_AUDIT_CONSUMER,
-            vigil_common::subjects::AUDIT_STREAM,
-        )
-        .await
-        .map_err(|e| WriterError::Consumer(e.to_string()))?;
+    let mut consumers = Vec::new();
+    for sink in store::Sink::ALL {
+        let consumer: PullConsumer = js
+            .get_consumer_from_stream(sink.consumer(), sink.stream())
+            .await
+            .map_err(|e| {
+                WriterError::Consumer(format!("{}/{}: {e}", sink.stream(), sink.consumer()))
+            })?;
+        consumers.push((consumer, sink));
+    }
     let addr = config.health_listen;
     let health_listener = TcpListener::bind(addr)
         .await
@@ -204,9 +191,7 @@ pub async fn build(config: &Config) -> Result<Writer, WriterError> {
     Ok(Writer {
         pool,
         nats,
-        consumer,
-        findings_consumer,
-        audit_consumer,
+        consumers,
         delivery,
         health_listener,
         batching: vigil_common::nats::Batching {
@@ -228,9 +213,7 @@ impl Writer {
         let Writer {
             pool,
             nats,
-            consumer,
-            findings_consumer,
-            audit_consumer,
+            consumers,
             delivery,
             health_listener,
             batching,
@@ -239,28 +222,16 @@ impl Writer {
         health
             .set_service_status(HEALTH_SERVICE, tonic_health::ServingStatus::Serving)
             .await;
-        let findings = consume(
-            findings_consumer,
-            delivery.clone().for_sink(store::Sink::Findings),
-            batching,
-            health.clone(),
-            shutdown.clone(),
-        );
-        let audit = consume(
-            audit_consumer,
-            delivery.clone().for_sink(store::Sink::Audit),
-            batching,
-            health.clone(),
-            shutdown.clone(),
-        );
-        let events = consume(
-            consumer,
-            delivery,
-            batching,
-            health.clone(),
-            shutdown.clone(),
-        );
-        tokio::join!(events, findings, audit);
+        futures::future::join_all(consumers.into_iter().map(|(consumer, sink)| {
+            consume(
+                consumer,
+                delivery.clone().for_sink(sink),
+                batching,
+                health.clone(),
+                shutdown.clone(),
+            )
+        }))
+        .await;
         health
             .set_service_status(HEALTH_SERVICE, tonic_health::ServingStatus::NotServing)
             .await;

@@ -164,6 +164,18 @@ impl TryFrom<AuditRecord> for AuditRow {
 }
 
 impl Sink {
+    /// Every stream the writer stores.
+    pub const ALL: [Sink; 3] = [Sink::Events, Sink::Findings, Sink::Audit];
+
+    /// The writer's durable consumer on [`Self::stream`].
+    pub fn consumer(self) -> &'static str {
+        match self {
+            Sink::Events => vigil_common::subjects::WRITER_CONSUMER,
+            Sink::Findings => vigil_common::subjects::WRITER_FINDINGS_CONSUMER,
+            Sink::Audit => vigil_common::subjects::WRITER_AUDIT_CONSUMER,
+        }
+    }
+
     pub fn stream(self) -> &'static str {
         match self {
             Sink::Events => vigil_common::subjects::EVENTS_STREAM,
