@@ -23,8 +23,14 @@ use tokio_util::sync::CancellationToken;
 use vigil_certs::Pki;
 use vigil_client::TlsFiles;
 use vigil_common::config::NatsSettings;
+use vigil_common::service::{Service, launch};
+use vigil_common::settings::{BatchArgs, EdgeArgs, NatsArgs, PostgresArgs, RunArgs};
+use vigil_correlator::Correlator;
+use vigil_gateway::Gateway;
 use vigil_proto::ingest::v1::ingest_service_client::IngestServiceClient;
 use vigil_proto::query::v1::query_service_client::QueryServiceClient;
+use vigil_reader::Reader;
+use vigil_writer::Writer;
 
 pub mod load;
 pub mod proxy;
@@ -344,6 +350,58 @@ impl Default for MeshOptions {
     }
 }
 
+/// Where each service of a [`Mesh`] answers health checks.
+#[derive(Debug, Clone)]
+pub struct Health {
+    pub gateway: SocketAddr,
+    pub writer: SocketAddr,
+    pub reader: SocketAddr,
+    pub correlators: Vec<SocketAddr>,
+}
+
+/// Runs a launched service until `shutdown`, reporting a failure.
+fn spawn_service<S: Service>(
+    launched: vigil_common::service::Launched<S>,
+    shutdown: &CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        if let Err(e) = launched.run_until_stopped(shutdown).await {
+            eprintln!("{}: {e}", S::NAME);
+        }
+    })
+}
+
+/// What `service` reports on the grpc.health.v1 port at `addr`, or `None`
+/// if the port does not answer.
+pub async fn health_status(
+    addr: SocketAddr,
+    service: &str,
+) -> Option<tonic_health::pb::health_check_response::ServingStatus> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .ok()?
+        .connect_timeout(Duration::from_secs(1))
+        .connect()
+        .await
+        .ok()?;
+    let response = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await
+        .ok()?
+        .into_inner();
+    tonic_health::pb::health_check_response::ServingStatus::try_from(response.status).ok()
+}
+
+/// Whether `service` at `addr` answers SERVING (`Some(false)`: it answers
+/// something else; `None`: nothing answers).
+pub async fn serving(addr: SocketAddr, service: &str) -> Option<bool> {
+    health_status(addr, service)
+        .await
+        .map(|s| s == tonic_health::pb::health_check_response::ServingStatus::Serving)
+}
+
 /// The whole mesh, running.
 pub struct Mesh {
     pub pki: Pki,
@@ -354,6 +412,15 @@ pub struct Mesh {
     /// The gateway's plaintext grpc.health.v1 port.
     pub gateway_health: SocketAddr,
     pub reader_addr: SocketAddr,
+    /// Every service's plaintext grpc.health.v1 port.
+    pub health: Health,
+    /// The writer and reader reach Postgres through this proxy.
+    pub pg_proxy: proxy::TcpProxy,
+    /// The gateway's and reader's TLS material (reload counters).
+    pub gateway_tls: std::sync::Arc<vigil_common::tls::ServerTls>,
+    pub reader_tls: std::sync::Arc<vigil_common::tls::ServerTls>,
+    /// The reader's live policy (reload counters).
+    pub reader_policy: vigil_common::policy::LivePolicy,
     /// Each correlator partition's Prometheus endpoint.
     pub correlator_metrics: Vec<SocketAddr>,
     shutdown: CancellationToken,
@@ -377,24 +444,49 @@ impl Mesh {
         let pool = PgPool::connect(&db.url).await?;
         vigil_writer::MIGRATOR.run(&pool).await?;
 
+        // Postgres through a proxy a test can cut.
+        let pg_proxy = proxy::TcpProxy::start(db.host.clone()).await?;
+        let proxied = |role: &str| {
+            db.role_url(role)
+                .replace(&db.host, &format!("127.0.0.1:{}", pg_proxy.port))
+        };
+
         let local: SocketAddr = "127.0.0.1:0".parse()?;
-        let server = |name: &str| pki.server(name);
-        let nats_client = |name: &str| pki.nats_client(name);
-        let gateway = vigil_gateway::build(&vigil_gateway::Config {
-            listen: local,
+        let run = RunArgs {
             health_listen: local,
-            tls_cert: server("gateway").cert,
-            tls_key: server("gateway").key,
-            tls_client_ca: pki.ca(),
-            nats_url: nats.url(),
-            nats_ca: pki.ca(),
-            nats_cert: nats_client("gateway").cert,
-            nats_key: nats_client("gateway").key,
-            tls_crl: Some(pki.crl()),
-            allow: options.allow.clone().unwrap_or_else(loopback),
-            rate_per_sec: options.rate_per_sec,
-            rate_burst: options.rate_burst,
             insecure_dev: false,
+        };
+        let nats_args = |service: &str| {
+            let client = pki.nats_client(service);
+            NatsArgs {
+                nats_url: nats.url(),
+                nats_ca: pki.ca(),
+                nats_cert: client.cert,
+                nats_key: client.key,
+            }
+        };
+        let edge = |service: &str| {
+            let server = pki.server(service);
+            EdgeArgs {
+                listen: local,
+                tls_cert: server.cert,
+                tls_key: server.key,
+                tls_client_ca: pki.ca(),
+                tls_crl: Some(pki.crl()),
+                allow: options.allow.clone().unwrap_or_else(loopback),
+                rate_per_sec: options.rate_per_sec,
+                rate_burst: options.rate_burst,
+                trust_domain: vigil_common::identity::DEFAULT_TRUST_DOMAIN.to_owned(),
+            }
+        };
+        let batch = BatchArgs {
+            batch_max_messages: 200,
+            batch_max_wait_ms: 50,
+        };
+        let gateway = launch::<Gateway>(&vigil_gateway::Config {
+            run: run.clone(),
+            edge: edge("gateway"),
+            nats: nats_args("gateway"),
             pseudonymise: options.pseudonymise.as_ref().map(|p| p.0.clone()),
             pseudonym_key: options.pseudonymise.as_ref().map(|p| p.1.clone()),
             max_future_skew_secs: 300,
@@ -403,37 +495,27 @@ impl Mesh {
             publish_timeout_secs: options.publish_timeout_secs,
         })
         .await?;
-        let writer = vigil_writer::build(&vigil_writer::Config {
-            database_url: db.role_url("writer"),
-            insecure_dev: false,
-            health_listen: local,
-            nats_url: nats.url(),
-            nats_ca: pki.ca(),
-            nats_cert: nats_client("writer").cert,
-            nats_key: nats_client("writer").key,
-            batch_max_messages: 200,
-            batch_max_wait_ms: 50,
+        let writer = launch::<Writer>(&vigil_writer::Config {
+            run: run.clone(),
+            nats: nats_args("writer"),
+            postgres: PostgresArgs {
+                database_url: proxied("writer"),
+                database_max_connections: 4,
+            },
+            batch: batch.clone(),
             max_deliveries: options.writer_max_deliveries,
             retry_base_ms: options.writer_retry_base_ms,
         })
         .await?;
-        let reader = vigil_reader::build(&vigil_reader::Config {
-            listen: local,
-            health_listen: local,
-            tls_cert: server("reader").cert,
-            tls_key: server("reader").key,
-            tls_client_ca: pki.ca(),
-            database_url: db.role_url("reader"),
-            tls_crl: Some(pki.crl()),
-            allow: options.allow.clone().unwrap_or_else(loopback),
-            rate_per_sec: options.rate_per_sec,
-            rate_burst: options.rate_burst,
-            insecure_dev: false,
+        let reader = launch::<Reader>(&vigil_reader::Config {
+            run: run.clone(),
+            edge: edge("reader"),
+            nats: nats_args("reader"),
+            postgres: PostgresArgs {
+                database_url: proxied("reader"),
+                database_max_connections: 8,
+            },
             page_token_key: None,
-            nats_url: nats.url(),
-            nats_ca: pki.ca(),
-            nats_cert: nats_client("reader").cert,
-            nats_key: nats_client("reader").key,
             query_timeout_secs: options.reader_query_timeout_secs,
             policy: options
                 .policy
@@ -443,9 +525,11 @@ impl Mesh {
         .await?;
         let mut correlators = Vec::new();
         for partition in 0..options.limits.correlator_partitions {
-            let client = nats_client("correlator");
             correlators.push(
-                vigil_correlator::build(&vigil_correlator::Config {
+                launch::<Correlator>(&vigil_correlator::Config {
+                    run: run.clone(),
+                    nats: nats_args("correlator"),
+                    batch: batch.clone(),
                     rules: options
                         .rules
                         .clone()
@@ -455,60 +539,54 @@ impl Mesh {
                     allowed_lateness_ms: 2_000,
                     late_retention_secs: 3600,
                     idle_timeout_ms: 500,
-                    batch_max_messages: 200,
-                    batch_max_wait_ms: 50,
-                    health_listen: local,
                     metrics_listen: local,
-                    nats_url: nats.url(),
-                    nats_ca: pki.ca(),
-                    nats_cert: client.cert,
-                    nats_key: client.key,
                 })
                 .await?,
             );
         }
+        let addr = |addresses: Vec<(&'static str, SocketAddr)>, name: &str| {
+            addresses
+                .into_iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, a)| a)
+                .ok_or_else(|| anyhow::anyhow!("no {name} address"))
+        };
         let correlator_metrics = correlators
             .iter()
-            .map(|c| c.metrics_addr())
+            .map(|c| addr(c.addresses(), "metrics"))
             .collect::<Result<Vec<_>, _>>()?;
-        let gateway_addr = gateway.local_addr()?;
-        let gateway_health = gateway.health_addr()?;
-        let reader_addr = reader.local_addr()?;
+        let correlator_health = correlators.iter().map(|c| c.health_addr()).collect();
+        let gateway_addr = addr(gateway.addresses(), "grpc")?;
+        let reader_addr = addr(reader.addresses(), "grpc")?;
+        let health = Health {
+            gateway: gateway.health_addr(),
+            writer: writer.health_addr(),
+            reader: reader.health_addr(),
+            correlators: correlator_health,
+        };
+        let gateway_tls = gateway.service().tls();
+        let reader_tls = reader.service().tls();
+        let reader_policy = reader.service().policy().clone();
         let shutdown = CancellationToken::new();
         let mut tasks = Vec::new();
-        let s = shutdown.clone();
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = gateway.run_until_stopped(s).await {
-                eprintln!("gateway: {e}");
-            }
-        }));
-        let s = shutdown.clone();
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = writer.run_until_stopped(s).await {
-                eprintln!("writer: {e}");
-            }
-        }));
-        let s = shutdown.clone();
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = reader.run_until_stopped(s).await {
-                eprintln!("reader: {e}");
-            }
-        }));
+        tasks.push(spawn_service(gateway, &shutdown));
+        tasks.push(spawn_service(writer, &shutdown));
+        tasks.push(spawn_service(reader, &shutdown));
         for correlator in correlators {
-            let s = shutdown.clone();
-            tasks.push(tokio::spawn(async move {
-                if let Err(e) = correlator.run_until_stopped(s).await {
-                    eprintln!("correlator: {e}");
-                }
-            }));
+            tasks.push(spawn_service(correlator, &shutdown));
         }
         Ok(Mesh {
             pki,
             nats,
             db,
             pool,
+            pg_proxy,
             gateway_addr,
-            gateway_health,
+            gateway_health: health.gateway,
+            health,
+            gateway_tls,
+            reader_tls,
+            reader_policy,
             reader_addr,
             correlator_metrics,
             shutdown,
@@ -583,18 +661,9 @@ impl Mesh {
     /// The gateway's readiness (`vigil.ingest.v1.IngestService`) as its
     /// health port reports it.
     pub async fn gateway_serving(&self) -> anyhow::Result<bool> {
-        let channel =
-            tonic::transport::Endpoint::from_shared(format!("http://{}", self.gateway_health))?
-                .connect()
-                .await?;
-        let response = tonic_health::pb::health_client::HealthClient::new(channel)
-            .check(tonic_health::pb::HealthCheckRequest {
-                service: "vigil.ingest.v1.IngestService".to_owned(),
-            })
-            .await?
-            .into_inner();
-        Ok(response.status
-            == tonic_health::pb::health_check_response::ServingStatus::Serving as i32)
+        serving(self.health.gateway, Gateway::HEALTH_SERVICE)
+            .await
+            .ok_or_else(|| anyhow::anyhow!("the gateway's health port does not answer"))
     }
 
     /// Rows in `findings`.

@@ -352,7 +352,8 @@ impl Stack {
         .await?;
         let response = tonic_health::pb::health_client::HealthClient::new(channel)
             .check(tonic_health::pb::HealthCheckRequest {
-                service: vigil_writer::HEALTH_SERVICE.to_owned(),
+                service: <vigil_writer::Writer as vigil_common::service::Service>::HEALTH_SERVICE
+                    .to_owned(),
             })
             .await?
             .into_inner();

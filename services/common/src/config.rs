@@ -1,4 +1,6 @@
-//! Settings shared by services, and validation that names every bad setting.
+//! Validated setting values shared by services, and [`ConfigErrors`], which
+//! collects every bad setting by name. The flags and variables that produce
+//! them are in [`crate::settings`].
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -28,6 +30,24 @@ impl ConfigErrors {
             self.add(setting, format_args!("cannot read {}: {e}", path.display()));
         }
     }
+    /// How many problems were recorded so far.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    /// `Ok(value)` when no problem was recorded; `value` is what the
+    /// settings loaded into, `None` only if a problem was recorded.
+    pub fn finish<T>(self, value: Option<T>) -> Result<T, InvalidConfig> {
+        match (self.into_result(), value) {
+            (Ok(()), Some(value)) => Ok(value),
+            (Err(e), _) => Err(e),
+            (Ok(()), None) => Err(InvalidConfig(vec![
+                "a setting failed to load without saying why (a bug)".into(),
+            ])),
+        }
+    }
     pub fn into_result(self) -> Result<(), InvalidConfig> {
         if self.0.is_empty() {
             Ok(())
@@ -51,18 +71,6 @@ pub struct ServerTlsFiles {
     pub key: PathBuf,
     pub client_ca: PathBuf,
     pub crl: Option<PathBuf>,
-}
-
-impl ServerTlsFiles {
-    /// Checks the files exist; `prefix` is the env var prefix (e.g. `VIGIL_GATEWAY`).
-    pub fn check(&self, prefix: &str, errors: &mut ConfigErrors) {
-        errors.check_file(&format!("{prefix}_TLS_CERT"), &self.cert);
-        errors.check_file(&format!("{prefix}_TLS_KEY"), &self.key);
-        errors.check_file(&format!("{prefix}_TLS_CLIENT_CA"), &self.client_ca);
-        if let Some(crl) = &self.crl {
-            errors.check_file(&format!("{prefix}_TLS_CRL"), crl);
-        }
-    }
 }
 
 /// The networks a listener accepts connections from; checked on the TCP
@@ -122,16 +130,6 @@ pub fn check_database_url(setting: &str, url: &str, insecure_dev: bool, errors: 
     }
 }
 
-/// Says loudly that a service runs with `--insecure-dev`.
-pub fn warn_insecure(service: &str, insecure_dev: bool) {
-    if insecure_dev {
-        tracing::warn!(
-            service,
-            "--insecure-dev: insecure settings are allowed; never use this in production"
-        );
-    }
-}
-
 /// How a service reaches NATS: always TLS, always its own client certificate.
 #[derive(Debug, Clone)]
 pub struct NatsSettings {
@@ -142,20 +140,6 @@ pub struct NatsSettings {
     pub key: PathBuf,
     /// The service's inbox prefix; its NATS user may only subscribe there.
     pub inbox_prefix: String,
-}
-
-impl NatsSettings {
-    pub fn check(&self, prefix: &str, errors: &mut ConfigErrors) {
-        if !(self.url.starts_with("tls://") || self.url.starts_with("nats://")) {
-            errors.add(
-                &format!("{prefix}_NATS_URL"),
-                "must start with tls:// or nats://",
-            );
-        }
-        errors.check_file(&format!("{prefix}_NATS_CA"), &self.ca);
-        errors.check_file(&format!("{prefix}_NATS_CERT"), &self.cert);
-        errors.check_file(&format!("{prefix}_NATS_KEY"), &self.key);
-    }
 }
 
 #[cfg(test)]
@@ -213,30 +197,5 @@ mod tests {
         let mut errors = ConfigErrors::new();
         nets(&[]).check("X_ALLOW", true, &mut errors);
         assert!(errors.into_result().is_err());
-    }
-
-    #[test]
-    fn reports_every_bad_setting_by_name() {
-        let mut errors = ConfigErrors::new();
-        let nats = NatsSettings {
-            url: "http://x".into(),
-            ca: "/nonexistent/ca.crt".into(),
-            cert: "/nonexistent/c.crt".into(),
-            key: "/nonexistent/c.key".into(),
-            inbox_prefix: "_INBOX_x".into(),
-        };
-        nats.check("VIGIL_WRITER", &mut errors);
-        let Err(err) = errors.into_result() else {
-            panic!("expected errors")
-        };
-        let text = err.to_string();
-        for setting in [
-            "VIGIL_WRITER_NATS_URL",
-            "VIGIL_WRITER_NATS_CA",
-            "VIGIL_WRITER_NATS_CERT",
-            "VIGIL_WRITER_NATS_KEY",
-        ] {
-            assert!(text.contains(setting), "{text}");
-        }
     }
 }

@@ -12,6 +12,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Router;
 use tower::layer::util::{Identity as NoLayer, Stack};
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::load_shed::LoadShedLayer;
 use tower_governor::GovernorLayer;
 use tower_governor::governor::GovernorConfigBuilder;
 use tower_governor::key_extractor::KeyExtractor;
@@ -32,21 +34,11 @@ pub struct RateLimit {
     pub burst: u32,
 }
 
-impl RateLimit {
-    /// Both numbers must be at least 1; `prefix` names the settings
-    /// (`VIGIL_GATEWAY` -> `VIGIL_GATEWAY_RATE_PER_SEC`, `_RATE_BURST`).
-    pub fn check(&self, prefix: &str, errors: &mut crate::config::ConfigErrors) {
-        if self.per_second == 0 {
-            errors.add(&format!("{prefix}_RATE_PER_SEC"), "must be at least 1");
-        }
-        if self.burst == 0 {
-            errors.add(&format!("{prefix}_RATE_BURST"), "must be at least 1");
-        }
-    }
-}
-
-/// What stands between the network and a service.
+/// What stands between the network and a service: where it listens, the
+/// allowlist, the TLS material and the rate limiter, all loaded and checked
+/// at start-up ([`crate::settings::EdgeArgs::load`]).
 pub struct Edge {
+    pub listen: std::net::SocketAddr,
     pub tls: Arc<ServerTls>,
     pub allow: Arc<Allowlist>,
     rate: RateLayer,
@@ -65,12 +57,15 @@ impl Edge {
     /// Loads the TLS material (errors name the file) and builds the rate
     /// limiter.
     pub fn load(
+        listen: std::net::SocketAddr,
         tls: &crate::config::ServerTlsFiles,
         allow: Allowlist,
         rate: RateLimit,
+        trust_domain: crate::identity::TrustDomain,
     ) -> Result<Self, EdgeError> {
         Ok(Self {
-            tls: ServerTls::load(tls)?,
+            listen,
+            tls: ServerTls::load(tls, trust_domain)?,
             allow: Arc::new(allow),
             rate: rate_layer(rate).ok_or(EdgeError::Rate)?,
             tls_reload: TLS_RELOAD_INTERVAL,
@@ -103,8 +98,21 @@ impl KeyExtractor for IdentityKey {
 
 type RateLayer = GovernorLayer<IdentityKey, NoOpMiddleware, tonic::body::Body>;
 
-/// A tonic server with vigil's connection settings.
-pub type VigilServer = tonic::transport::Server<Stack<RateLayer, NoLayer>>;
+/// The layers every call passes, outermost first (see [`server`]).
+pub type EdgeLayers =
+    Stack<RateLayer, Stack<GlobalConcurrencyLimitLayer, Stack<LoadShedLayer, NoLayer>>>;
+
+/// A tonic server with vigil's connection settings and [`EdgeLayers`].
+pub type VigilServer = tonic::transport::Server<Stack<EdgeLayers, NoLayer>>;
+
+/// How much work a server takes on at once.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerLimits {
+    /// HTTP/2 streams (calls) one connection may have open.
+    pub streams_per_connection: u32,
+    /// Calls being started across all connections before new ones are shed.
+    pub in_flight: usize,
+}
 
 /// `None` when either number is 0.
 fn rate_layer(rate: RateLimit) -> Option<RateLayer> {
@@ -128,13 +136,41 @@ fn rate_layer(rate: RateLimit) -> Option<RateLayer> {
     }))
 }
 
-/// A server with vigil's connection settings behind `edge`'s rate limit,
-/// ready for `add_service`.
-pub fn server(max_concurrent_streams: u32, edge: &Edge) -> VigilServer {
+/// A server with vigil's connection settings and the call pipeline in
+/// front of every service, ready for `add_service`. A call passes, in order:
+///
+/// 1. the TLS accept loop ([`crate::tls::incoming`]): allowlist before any
+///    TLS byte, handshake timeout, client certificate verified, identity
+///    parsed once per connection into [`PeerInfo`];
+/// 2. HTTP/2 limits (below): streams per connection, window sizes, header
+///    size, rapid-reset and keepalive, so one connection cannot hold more
+///    than its share of memory;
+/// 3. per connection, tonic's load shedding over its concurrency limit
+///    (`load_shed`, `concurrency_limit_per_connection`): a connection that
+///    opens calls faster than they start gets RESOURCE_EXHAUSTED at once
+///    instead of queueing;
+/// 4. across connections, [`LoadShedLayer`] over a
+///    [`GlobalConcurrencyLimitLayer`] of `in_flight`: when the whole server
+///    is busy, new calls are refused at once (RESOURCE_EXHAUSTED), before
+///    they cost a rate-limiter lookup or any work; a shed call did nothing
+///    and may be retried;
+/// 5. the rate limit per verified identity ([`IdentityKey`]): a device or
+///    user over its quota gets RESOURCE_EXHAUSTED with RetryInfo;
+/// 6. the service, which reads the identity from [`PeerInfo`].
+///
+/// There is no server-wide timeout layer: `PublishStream` is a long-lived
+/// stream, and each handler bounds its own work (the gateway's publish
+/// timeout, the reader's statement timeout and the caller's deadline).
+pub fn server(limits: ServerLimits, edge: &Edge) -> VigilServer {
+    let layers = tower::ServiceBuilder::new()
+        .layer(LoadShedLayer::new())
+        .layer(GlobalConcurrencyLimitLayer::new(limits.in_flight))
+        .layer(edge.rate.clone())
+        .into_inner();
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .max_concurrent_streams(Some(max_concurrent_streams))
+        .max_concurrent_streams(Some(limits.streams_per_connection))
         // Bounds what one connection may buffer before the service reads it.
         .initial_stream_window_size(Some(1024 * 1024))
         .initial_connection_window_size(Some(4 * 1024 * 1024))
@@ -144,7 +180,9 @@ pub fn server(max_concurrent_streams: u32, edge: &Edge) -> VigilServer {
         // HTTP/2 "rapid reset": a client may not open and cancel streams
         // faster than they are served.
         .http2_max_pending_accept_reset_streams(Some(64))
-        .layer(edge.rate.clone())
+        .load_shed(true)
+        .concurrency_limit_per_connection(limits.streams_per_connection as usize)
+        .layer(layers)
 }
 
 /// The caller's deadline from its `grpc-timeout` header (`<digits><unit>`,
@@ -184,7 +222,7 @@ pub fn reflection() -> Option<
 /// Serves `router` on `listener` behind `edge` until `shutdown`, then
 /// drains in-flight calls for at most the grace period.
 pub async fn serve_mtls(
-    router: Router<Stack<RateLayer, NoLayer>>,
+    router: Router<Stack<EdgeLayers, NoLayer>>,
     listener: TcpListener,
     edge: &Edge,
     shutdown: &CancellationToken,

@@ -4,7 +4,10 @@
 
 use std::time::Duration;
 
+use async_nats::Event;
+
 use crate::config::NatsSettings;
+use crate::readiness::Dependency;
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot connect to NATS at {url}: {source}")]
@@ -20,19 +23,51 @@ pub async fn connect(
     settings: &NatsSettings,
     name: &str,
 ) -> Result<async_nats::Client, NatsConnectError> {
-    async_nats::ConnectOptions::new()
+    connect_reporting(settings, name, None).await
+}
+
+/// [`connect`], and `dependency` follows the connection: down on every
+/// disconnect, up on every (re)connect, as async-nats reports them.
+pub async fn connect_reporting(
+    settings: &NatsSettings,
+    name: &str,
+    dependency: Option<Dependency>,
+) -> Result<async_nats::Client, NatsConnectError> {
+    let events = dependency.clone();
+    let client = async_nats::ConnectOptions::new()
+        .event_callback(move |event| {
+            let dependency = events.clone();
+            async move {
+                match (&event, &dependency) {
+                    (Event::Connected, Some(d)) => d.up(),
+                    (Event::Disconnected | Event::Closed, Some(d)) => d.down(),
+                    _ => {}
+                }
+                match event {
+                    Event::Connected => tracing::info!("nats connected"),
+                    Event::Disconnected => tracing::warn!("nats disconnected; reconnecting"),
+                    other => tracing::info!(event = %other, "nats event"),
+                }
+            }
+        })
         .name(name)
         .require_tls(true)
         .add_root_certificates(settings.ca.clone())
         .add_client_certificate(settings.cert.clone(), settings.key.clone())
         .custom_inbox_prefix(&settings.inbox_prefix)
         .connection_timeout(Duration::from_secs(5))
-        .connect(settings.url.as_str())
+        .connect(settings.url.split(',').collect::<Vec<_>>())
         .await
         .map_err(|source| NatsConnectError {
             url: settings.url.clone(),
             source,
-        })
+        })?;
+    if let Some(d) = dependency
+        && client.connection_state() == async_nats::connection::State::Connected
+    {
+        d.up();
+    }
+    Ok(client)
 }
 
 /// Flushes what the client has buffered, giving up after `limit` (on
@@ -43,32 +78,4 @@ pub async fn flush_within(client: &async_nats::Client, limit: Duration) {
         Ok(Err(error)) => tracing::warn!(%error, "nats flush on shutdown failed"),
         Err(_) => tracing::warn!(?limit, "nats flush on shutdown timed out"),
     }
-}
-
-/// How a consumer groups pulled messages: at most `max_messages`, and no
-/// message waits longer than `max_wait` for the batch to fill.
-#[derive(Debug, Clone, Copy)]
-pub struct Batching {
-    pub max_messages: usize,
-    pub max_wait: Duration,
-}
-
-/// Completes a batch that starts with `first`: takes more messages from
-/// `messages` until the batch is full or `max_wait` has passed.
-pub async fn fill_batch(
-    first: async_nats::jetstream::Message,
-    messages: &mut async_nats::jetstream::consumer::pull::Stream,
-    batching: Batching,
-) -> Vec<async_nats::jetstream::Message> {
-    use futures::StreamExt;
-    let mut batch = vec![first];
-    let deadline = tokio::time::Instant::now() + batching.max_wait;
-    while batch.len() < batching.max_messages {
-        match tokio::time::timeout_at(deadline, messages.next()).await {
-            Ok(Some(Ok(m))) => batch.push(m),
-            Ok(Some(Err(error))) => tracing::warn!(%error, "pull stream error"),
-            Ok(None) | Err(_) => break,
-        }
-    }
-    batch
 }

@@ -16,12 +16,13 @@
 //! request field.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 
-use crate::identity::{Identity, is_valid_name};
+use crate::identity::{Identity, Principal, is_valid_name};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Role {
@@ -124,7 +125,7 @@ impl Policy {
 
     /// The role of a user identity, if any grant matches it.
     pub fn role_of(&self, identity: &Identity) -> Option<&Role> {
-        let Identity::User { .. } = identity else {
+        let Principal::User { .. } = identity.principal else {
             return None;
         };
         let uri = identity.to_string();
@@ -147,24 +148,38 @@ impl Policy {
 #[derive(Clone)]
 pub struct LivePolicy {
     current: Arc<RwLock<Policy>>,
+    reloads: Arc<AtomicU64>,
+    failures: Arc<AtomicU64>,
 }
 
 impl LivePolicy {
     pub fn fixed(policy: Policy) -> Self {
         Self {
             current: Arc::new(RwLock::new(policy)),
+            reloads: Arc::new(AtomicU64::new(0)),
+            failures: Arc::new(AtomicU64::new(0)),
         }
     }
 
-    /// Loads `path` now (an error stops start-up) and watches it until
-    /// `shutdown`.
+    /// Policy files loaded since start-up.
+    pub fn reloads(&self) -> u64 {
+        self.reloads.load(Ordering::Relaxed)
+    }
+
+    /// Policy files refused since start-up (the previous policy stayed).
+    pub fn reload_failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Re-reads `path` (already loaded into this policy) when it changes,
+    /// checking every `every`, until `shutdown`.
     pub fn watch(
+        &self,
         path: PathBuf,
         every: Duration,
         shutdown: tokio_util::sync::CancellationToken,
-    ) -> Result<Self, PolicyError> {
-        let live = Self::fixed(Policy::load(&path)?);
-        let current = live.current.clone();
+    ) {
+        let live = self.clone();
         let modified = |p: &Path| {
             std::fs::metadata(p)
                 .and_then(|m| m.modified())
@@ -186,17 +201,18 @@ impl LivePolicy {
                 match Policy::load(&path) {
                     Ok(policy) => {
                         tracing::info!(path = %path.display(), "policy reloaded");
-                        if let Ok(mut guard) = current.write() {
+                        if let Ok(mut guard) = live.current.write() {
                             *guard = policy;
                         }
+                        live.reloads.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(error) => {
-                        tracing::error!(%error, "policy file refused; the previous policy stays in force")
+                        tracing::error!(%error, "policy file refused; the previous policy stays in force");
+                        live.failures.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
         });
-        Ok(live)
     }
 
     pub fn role_of(&self, identity: &Identity) -> Option<Role> {
@@ -228,7 +244,7 @@ tenants = ["acme", "globex"]
 "#;
 
     fn user(name: &str) -> Identity {
-        Identity::User { name: name.into() }
+        crate::identity::TrustDomain::default().identity(Principal::User { name: name.into() })
     }
 
     #[test]
@@ -247,10 +263,10 @@ tenants = ["acme", "globex"]
                 tenants: vec!["acme".into(), "globex".into()]
             })
         );
-        let device = Identity::Device {
+        let device = crate::identity::TrustDomain::default().identity(Principal::Device {
             tenant: "acme".into(),
             device: "cam-01".into(),
-        };
+        });
         assert_eq!(p.role_of(&device), None);
         Ok(())
     }

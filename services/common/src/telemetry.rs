@@ -4,7 +4,7 @@
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber; a second call (tests) is a no-op.
-pub fn init(service: &'static str) {
+pub fn init(service: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .json()

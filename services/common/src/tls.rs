@@ -40,7 +40,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::transport::server::Connected;
 
 use crate::config::{Allowlist, ServerTlsFiles};
-use crate::identity::{Identity, IdentityError, PeerInfo};
+use crate::identity::{IdentityError, PeerInfo, TrustDomain};
 
 /// A client that connects and does not finish its handshake in this time is
 /// dropped, so half-open connections cannot pile up.
@@ -118,7 +118,7 @@ impl ClientCertVerifier for IdentityVerifier {
         let verified = self
             .inner
             .verify_client_cert(end_entity, intermediates, now)?;
-        match Identity::from_certificate(end_entity) {
+        match crate::identity::single_uri(end_entity) {
             Err(
                 e
                 @ (IdentityError::NoUri | IdentityError::SeveralUris | IdentityError::Unparseable),
@@ -208,6 +208,8 @@ struct LiveConn {
 /// A listener's TLS material, reloadable, and the connections it accepted.
 pub struct ServerTls {
     files: ServerTlsFiles,
+    /// Client identities are parsed in this domain.
+    trust_domain: TrustDomain,
     current: RwLock<Arc<Material>>,
     /// The bytes of every file the current material was built from.
     loaded: Mutex<Vec<Vec<u8>>>,
@@ -215,6 +217,8 @@ pub struct ServerTls {
     failed: Mutex<Option<Vec<Vec<u8>>>>,
     live: Mutex<HashMap<u64, LiveConn>>,
     next_id: AtomicU64,
+    /// Changed files that were refused (each broken version once).
+    reload_failures: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -223,16 +227,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl ServerTls {
     /// Loads the material; any problem is an error naming the file.
-    pub fn load(files: &ServerTlsFiles) -> Result<Arc<Self>, TlsError> {
+    pub fn load(files: &ServerTlsFiles, trust_domain: TrustDomain) -> Result<Arc<Self>, TlsError> {
         let snapshot = snapshot(files)?;
         let material = build_material(files)?;
         Ok(Arc::new(Self {
             files: files.clone(),
+            trust_domain,
             current: RwLock::new(Arc::new(material)),
             loaded: Mutex::new(snapshot),
             failed: Mutex::new(None),
             live: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
+            reload_failures: AtomicU64::new(0),
         }))
     }
 
@@ -246,6 +252,11 @@ impl ServerTls {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
+    }
+
+    /// Changed TLS files refused since start-up (the running material stayed).
+    pub fn reload_failures(&self) -> u64 {
+        self.reload_failures.load(Ordering::Relaxed)
     }
 
     /// Connections accepted and still open.
@@ -266,6 +277,7 @@ impl ServerTls {
             Ok(m) => m,
             Err(e) => {
                 *lock(&self.failed) = Some(snapshot);
+                self.reload_failures.fetch_add(1, Ordering::Relaxed);
                 return Err(e);
             }
         };
@@ -502,7 +514,9 @@ pub fn incoming(
                             .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
                             .unwrap_or_default();
                         let identity = match chain.first() {
-                            Some(leaf) => Identity::from_certificate(leaf),
+                            Some(leaf) => {
+                                crate::identity::from_certificate(leaf, &tls.trust_domain)
+                            }
                             None => Err(IdentityError::NoCertificate),
                         };
                         let info = PeerInfo {
@@ -545,7 +559,7 @@ mod tests {
             client_ca: pki.ca(),
             crl: Some(pki.crl()),
         };
-        let tls = ServerTls::load(&files)?;
+        let tls = ServerTls::load(&files, TrustDomain::default())?;
         assert_eq!(tls.reload_if_changed()?, Reload::Unchanged);
         let good = std::fs::read(&server.cert)?;
         std::fs::write(&server.cert, b"-----BEGIN CERTIFICATE-----\nbroken\n")?;

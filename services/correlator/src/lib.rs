@@ -4,187 +4,280 @@
 //! - [`rules`]: the rule file format and its validation.
 //! - [`fields`]: the event fields rules test and group by.
 //! - [`engine`]: windows, watermark, late events, suppression, findings.
-//! - [`service`]: consume, correlate, publish, checkpoint, then ack.
-//! - this file: configuration and [`build`].
+//! - [`partition`]: which partition owns a tenant.
+//! - [`checkpoint`]: the engine state's codec in the KV bucket.
+//! - [`finding`]: a finding as published.
+//! - [`metrics`]: the counters on `/metrics`.
+//! - [`service`]: the loop: consume, correlate, publish, checkpoint, ack.
+//! - this file: the correlator's own settings ([`Config`] → [`Loaded`]) and
+//!   its [`Service`] lifecycle. Hard dependencies: JetStream and the
+//!   CORRELATOR KV bucket.
 
+pub mod checkpoint;
 pub mod engine;
 pub mod fields;
+pub mod finding;
+pub mod metrics;
+pub mod partition;
 pub mod rules;
 pub mod service;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use async_nats::jetstream::{self, consumer::PullConsumer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use vigil_common::config::{ConfigErrors, InvalidConfig, NatsSettings};
+use vigil_common::consume::Batching;
+use vigil_common::readiness::Readiness;
+use vigil_common::service::Service;
+use vigil_common::settings::{BatchArgs, Names, NatsArgs, RunArgs, key};
+use vigil_common::subjects;
 
-pub use service::{Correlator, CorrelatorError};
+pub use service::CorrelatorError;
 
-/// Correlator settings; every one is a flag and a `VIGIL_CORRELATOR_*` env var.
+const NAMES: Names = Names::new("correlator");
+
+/// Correlator settings; every one is a flag and a `VIGIL_CORRELATOR_*` variable.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
+    #[command(flatten)]
+    pub run: RunArgs,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    #[command(flatten)]
+    pub batch: BatchArgs,
     /// The rule file (TOML); re-read on SIGHUP.
-    #[arg(
-        long,
-        env = "VIGIL_CORRELATOR_RULES",
-        default_value = "deploy/rules.toml"
-    )]
+    #[arg(long, env = "RULES", default_value = "deploy/rules.toml")]
     pub rules: PathBuf,
     /// This instance's partition, 0-based.
-    #[arg(long, env = "VIGIL_CORRELATOR_PARTITION", default_value_t = 0)]
+    #[arg(long, env = "PARTITION", default_value_t = 0)]
     pub partition: u32,
     /// How many partitions there are (as provisioned).
-    #[arg(long, env = "VIGIL_CORRELATOR_PARTITIONS", default_value_t = 1)]
+    #[arg(long, env = "PARTITIONS", default_value_t = 1)]
     pub partitions: u32,
     /// How far the watermark trails the newest event time.
-    #[arg(
-        long,
-        env = "VIGIL_CORRELATOR_ALLOWED_LATENESS_MS",
-        default_value_t = 30_000
-    )]
+    #[arg(long, env = "ALLOWED_LATENESS_MS", default_value_t = 30_000)]
     pub allowed_lateness_ms: i64,
     /// How long (event time) closed windows stay open to late events.
-    #[arg(
-        long,
-        env = "VIGIL_CORRELATOR_LATE_RETENTION_SECS",
-        default_value_t = 3600
-    )]
+    #[arg(long, env = "LATE_RETENTION_SECS", default_value_t = 3600)]
     pub late_retention_secs: i64,
     /// With no events for this long, event time advances with wall time.
-    #[arg(
-        long,
-        env = "VIGIL_CORRELATOR_IDLE_TIMEOUT_MS",
-        default_value_t = 10_000
-    )]
+    #[arg(long, env = "IDLE_TIMEOUT_MS", default_value_t = 10_000)]
     pub idle_timeout_ms: u64,
-    #[arg(
-        long,
-        env = "VIGIL_CORRELATOR_BATCH_MAX_MESSAGES",
-        default_value_t = 200
-    )]
-    pub batch_max_messages: usize,
-    #[arg(
-        long,
-        env = "VIGIL_CORRELATOR_BATCH_MAX_WAIT_MS",
-        default_value_t = 100
-    )]
-    pub batch_max_wait_ms: u64,
-    #[arg(
-        long,
-        env = "VIGIL_CORRELATOR_HEALTH_LISTEN",
-        default_value = "127.0.0.1:4464"
-    )]
-    pub health_listen: SocketAddr,
     /// Prometheus `/metrics`.
-    #[arg(
-        long,
-        env = "VIGIL_CORRELATOR_METRICS_LISTEN",
-        default_value = "127.0.0.1:4465"
-    )]
+    #[arg(long, env = "METRICS_LISTEN", default_value = "127.0.0.1:4465")]
     pub metrics_listen: SocketAddr,
-    #[arg(
-        long,
-        env = "VIGIL_CORRELATOR_NATS_URL",
-        default_value = "tls://127.0.0.1:4333"
-    )]
-    pub nats_url: String,
-    #[arg(
-        long,
-        env = "VIGIL_CORRELATOR_NATS_CA",
-        default_value = "certs/out/ca.crt"
-    )]
-    pub nats_ca: PathBuf,
-    #[arg(
-        long,
-        env = "VIGIL_CORRELATOR_NATS_CERT",
-        default_value = "certs/out/nats/correlator.crt"
-    )]
-    pub nats_cert: PathBuf,
-    #[arg(
-        long,
-        env = "VIGIL_CORRELATOR_NATS_KEY",
-        default_value = "certs/out/nats/correlator.key"
-    )]
-    pub nats_key: PathBuf,
+}
+
+/// The correlator's settings, checked and loaded.
+pub struct Loaded {
+    nats: NatsSettings,
+    batching: Batching,
+    rules_path: PathBuf,
+    rules: Vec<rules::Rule>,
+    partition: u32,
+    partitions: u32,
+    settings: engine::Settings,
+    idle_timeout: Duration,
+    metrics_listen: SocketAddr,
 }
 
 impl Config {
-    pub fn nats(&self) -> NatsSettings {
-        NatsSettings {
-            url: self.nats_url.clone(),
-            ca: self.nats_ca.clone(),
-            cert: self.nats_cert.clone(),
-            key: self.nats_key.clone(),
-            inbox_prefix: vigil_common::subjects::inbox_prefix("correlator"),
-        }
-    }
-
-    pub fn validate(&self) -> Result<(), InvalidConfig> {
+    /// Checks every setting, naming each bad one, and loads them.
+    pub fn load(&self) -> Result<Loaded, InvalidConfig> {
         let mut errors = ConfigErrors::new();
-        if let Err(e) = service::load_rules(&self.rules) {
-            errors.add("VIGIL_CORRELATOR_RULES", e);
-        }
-        let max = vigil_common::subjects::MAX_CORRELATOR_PARTITIONS;
+        let nats = self.nats.load(NAMES, &mut errors);
+        let batching = self.batch.load(NAMES, &mut errors);
+        let rules = service::load_rules(&self.rules)
+            .map_err(|e| errors.add(&NAMES.env("RULES"), e))
+            .ok();
+        let max = subjects::MAX_CORRELATOR_PARTITIONS;
         if !(1..=max).contains(&self.partitions) {
-            errors.add(
-                "VIGIL_CORRELATOR_PARTITIONS",
-                format_args!("must be 1 to {max}"),
-            );
+            errors.add(&NAMES.env("PARTITIONS"), format_args!("must be 1 to {max}"));
         }
         if self.partition >= self.partitions {
             errors.add(
-                "VIGIL_CORRELATOR_PARTITION",
-                "must be below VIGIL_CORRELATOR_PARTITIONS",
+                &NAMES.env("PARTITION"),
+                format_args!("must be below {}", NAMES.env("PARTITIONS")),
             );
         }
         if self.allowed_lateness_ms < 0 {
-            errors.add(
-                "VIGIL_CORRELATOR_ALLOWED_LATENESS_MS",
-                "must not be negative",
-            );
+            errors.add(&NAMES.env("ALLOWED_LATENESS_MS"), "must not be negative");
+        }
+        if self.late_retention_secs < 0 {
+            errors.add(&NAMES.env("LATE_RETENTION_SECS"), "must not be negative");
         }
         if self.idle_timeout_ms < 100 {
-            errors.add("VIGIL_CORRELATOR_IDLE_TIMEOUT_MS", "must be at least 100");
+            errors.add(&NAMES.env("IDLE_TIMEOUT_MS"), "must be at least 100");
         }
-        self.nats().check("VIGIL_CORRELATOR", &mut errors);
-        errors.into_result()
+        let loaded = match (nats, batching, rules) {
+            (Some(nats), Some(batching), Some(rules)) => Some(Loaded {
+                nats,
+                batching,
+                rules_path: self.rules.clone(),
+                rules,
+                partition: self.partition,
+                partitions: self.partitions,
+                settings: engine::Settings {
+                    allowed_lateness_ms: self.allowed_lateness_ms,
+                    late_retention_ms: self.late_retention_secs.saturating_mul(1000),
+                },
+                idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+                metrics_listen: self.metrics_listen,
+            }),
+            _ => None,
+        };
+        errors.finish(loaded)
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    #[error(transparent)]
-    Config(#[from] InvalidConfig),
-    #[error(transparent)]
-    Correlator(#[from] CorrelatorError),
-    #[error(transparent)]
-    Nats(#[from] vigil_common::nats::NatsConnectError),
+/// A correlator partition: consumer opened, checkpoint restored, sockets
+/// bound, not yet consuming.
+pub struct Correlator {
+    worker: service::Worker,
+    consumer: PullConsumer,
+    nats: async_nats::Client,
+    batching: Batching,
+    metrics_listener: TcpListener,
+    /// Stops the bucket probe once the correlator has stopped.
+    probes: CancellationToken,
 }
 
-/// Validates, connects, binds, restores the checkpoint.
-pub async fn build(config: &Config) -> Result<Correlator, BuildError> {
-    config.validate()?;
-    let bind = |addr: SocketAddr| async move {
-        tokio::net::TcpListener::bind(addr)
+impl Correlator {
+    /// The counters `/metrics` reports.
+    pub fn counters(&self) -> Arc<metrics::Counters> {
+        self.worker.counters.clone()
+    }
+}
+
+impl Service for Correlator {
+    const NAME: &'static str = "correlator";
+    const ABOUT: &'static str = "vigil correlator: event-time detection rules over EVENTS";
+    const HEALTH_SERVICE: &'static str = "vigil.correlator";
+    const DEFAULTS: &'static [(&'static str, &'static str)] =
+        &[(key::HEALTH_LISTEN, "127.0.0.1:4464")];
+    type Config = Config;
+    type Loaded = Loaded;
+    type Error = CorrelatorError;
+
+    fn run_args(config: &Config) -> &RunArgs {
+        &config.run
+    }
+
+    fn load(config: &Config) -> Result<Loaded, InvalidConfig> {
+        config.load()
+    }
+
+    /// Connects, opens the partition's consumer and the bucket, restores
+    /// the checkpoint.
+    async fn build(loaded: Loaded, readiness: &Readiness) -> Result<Self, CorrelatorError> {
+        let metrics_listener = vigil_common::service::bind(loaded.metrics_listen).await?;
+        let nats = vigil_common::nats::connect_reporting(
+            &loaded.nats,
+            "vigil-correlator",
+            Some(readiness.dependency("jetstream")),
+        )
+        .await?;
+        let js = jetstream::new(nats.clone());
+        let name = subjects::correlator_consumer(loaded.partition);
+        let consumer: PullConsumer = js
+            .get_consumer_from_stream(&name, subjects::EVENTS_STREAM)
             .await
-            .map_err(|source| CorrelatorError::Bind { addr, source })
-    };
-    let parts = service::Parts {
-        rules_path: config.rules.clone(),
-        partition: config.partition,
-        partitions: config.partitions,
-        settings: engine::Settings {
-            allowed_lateness_ms: config.allowed_lateness_ms,
-            late_retention_ms: config.late_retention_secs * 1000,
-        },
-        idle_timeout: Duration::from_millis(config.idle_timeout_ms),
-        batching: vigil_common::nats::Batching {
-            max_messages: config.batch_max_messages.max(1),
-            max_wait: Duration::from_millis(config.batch_max_wait_ms.max(1)),
-        },
-        health_listener: bind(config.health_listen).await?,
-        metrics_listener: bind(config.metrics_listen).await?,
-    };
-    let nats = vigil_common::nats::connect(&config.nats(), "vigil-correlator").await?;
-    Ok(Correlator::open(parts, nats).await?)
+            .map_err(|e| CorrelatorError::Setup {
+                what: format!("consumer {name} on EVENTS"),
+                reason: e.to_string(),
+            })?;
+        let bucket = js
+            .get_key_value(subjects::CORRELATOR_BUCKET)
+            .await
+            .map_err(|e| CorrelatorError::Setup {
+                what: format!("bucket {}", subjects::CORRELATOR_BUCKET),
+                reason: e.to_string(),
+            })?;
+        let key = subjects::correlator_checkpoint_key(loaded.partition);
+        let state = checkpoint::read(&bucket, &key).await.map_err(|reason| {
+            CorrelatorError::Checkpoint {
+                key: key.clone(),
+                reason,
+            }
+        })?;
+        tracing::info!(
+            partition = loaded.partition,
+            partitions = loaded.partitions,
+            watermark = state.watermark,
+            rules = loaded.rules.len(),
+            "restored checkpoint"
+        );
+        // The bucket has no events of its own: probe it (stream info is
+        // the cheapest call the correlator's NATS user may make on it).
+        let bucket_ready = readiness.dependency("kv");
+        let probes = CancellationToken::new();
+        bucket_ready.up();
+        {
+            let bucket = bucket.clone();
+            bucket_ready.clone().probe(probes.clone(), move || {
+                let bucket = bucket.clone();
+                async move { bucket.status().await.is_ok() }
+            });
+        }
+        let engine = engine::Engine::new(loaded.rules, loaded.settings.clone(), state);
+        Ok(Correlator {
+            worker: service::Worker {
+                rules_path: loaded.rules_path,
+                partition: loaded.partition,
+                partitions: loaded.partitions,
+                settings: loaded.settings,
+                idle_timeout: loaded.idle_timeout,
+                js,
+                bucket,
+                key,
+                engine,
+                counters: Arc::new(metrics::Counters::default()),
+                bucket_ready,
+                last_arrival: Instant::now(),
+            },
+            consumer,
+            nats,
+            batching: loaded.batching,
+            metrics_listener,
+            probes,
+        })
+    }
+
+    fn addresses(&self) -> Vec<(&'static str, SocketAddr)> {
+        self.metrics_listener
+            .local_addr()
+            .map(|a| vec![("metrics", a)])
+            .unwrap_or_default()
+    }
+
+    async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), CorrelatorError> {
+        let Correlator {
+            worker,
+            consumer,
+            nats,
+            batching,
+            metrics_listener,
+            probes,
+        } = self;
+        let counters = worker.counters.clone();
+        let metrics_task = tokio::spawn(vigil_common::metrics::serve(
+            metrics_listener,
+            shutdown.clone(),
+            move || counters.render(),
+        ));
+        let batches = vigil_common::consume::pull(consumer, batching, shutdown.clone());
+        let outcome = worker.run(batches, shutdown.clone()).await;
+        // An unreadable checkpoint stops the loop but not the signal: stop
+        // the pieces that watch it too.
+        shutdown.cancel();
+        vigil_common::nats::flush_within(&nats, vigil_common::shutdown::FLUSH_LIMIT).await;
+        probes.cancel();
+        let _ = metrics_task.await;
+        outcome
+    }
 }

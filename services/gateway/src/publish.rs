@@ -114,27 +114,47 @@ pub async fn publish_all(
 }
 
 fn publish_error(error: async_nats::jetstream::context::PublishError) -> ApiError {
-    let text = error.to_string();
-    match error.kind() {
-        // JetStream refuses new messages when EVENTS is at its byte limit
+    if is_store_full(&error) {
+        // JetStream refuses new messages when EVENTS is at its limits
         // (discard policy `new`): back-pressure to the device.
-        PublishErrorKind::Other if text.contains("maximum bytes") || text.contains("insufficient") => {
-            ApiError::ResourceExhausted {
-                reason: "event store is full; retry later".into(),
-                retry_after: Duration::from_secs(5),
-            }
-        }
+        return ApiError::ResourceExhausted {
+            reason: "event store is full; retry later".into(),
+            retry_after: Duration::from_secs(5),
+        };
+    }
+    match error.kind() {
         PublishErrorKind::TimedOut => ApiError::Unavailable {
             reason: "jetstream did not acknowledge in time; outcome unknown, retry with the same event ids".into(),
             retry_after: Duration::from_secs(1),
         },
         _ => {
-            tracing::warn!(error = %text, "publish to jetstream failed");
+            tracing::warn!(%error, "publish to jetstream failed");
             ApiError::Unavailable {
                 reason: "event store unavailable; nothing was acknowledged, retry with the same event ids".into(),
                 retry_after: Duration::from_secs(1),
             }
         }
+    }
+}
+
+/// Whether JetStream refused a publish because the stream (or the
+/// account's storage) is full. async-nats gives no kind for it, so this
+/// reads the JetStream API error the ack carried: the resource-limit codes
+/// (10023, 10047), or 10077 "stream store failed" whose description is the
+/// file store's `maximum bytes exceeded` / `maximum messages exceeded` (the
+/// one case where only the text tells).
+pub fn is_store_full(error: &async_nats::jetstream::context::PublishError) -> bool {
+    use async_nats::jetstream::ErrorCode;
+    const STREAM_STORE_FAILED: ErrorCode = ErrorCode(10077);
+    let Some(api) = std::error::Error::source(error)
+        .and_then(|source| source.downcast_ref::<async_nats::jetstream::Error>())
+    else {
+        return false;
+    };
+    match api.error_code() {
+        ErrorCode::INSUFFICIENT_RESOURCES | ErrorCode::STORAGE_RESOURCES_EXCEEDED => true,
+        STREAM_STORE_FAILED => api.to_string().contains("maximum"),
+        _ => false,
     }
 }
 
@@ -179,6 +199,43 @@ mod tests {
         assert_eq!(first, group(events), "same request, same batches and ids");
         let ids: std::collections::HashSet<_> = first.iter().map(|b| &b.msg_id).collect();
         assert_eq!(ids.len(), 3);
+    }
+
+    #[test]
+    fn a_full_store_is_told_by_its_jetstream_error_code() -> Result<(), serde_json::Error> {
+        use async_nats::jetstream::context::PublishError;
+        let refusal = |json: &str| -> Result<PublishError, serde_json::Error> {
+            let api: async_nats::jetstream::Error = serde_json::from_str(json)?;
+            Ok(PublishError::with_source(PublishErrorKind::Other, api))
+        };
+        for (json, full) in [
+            (
+                r#"{"code":503,"err_code":10077,"description":"maximum bytes exceeded"}"#,
+                true,
+            ),
+            (
+                r#"{"code":503,"err_code":10077,"description":"maximum messages exceeded"}"#,
+                true,
+            ),
+            (
+                r#"{"code":500,"err_code":10047,"description":"insufficient storage resources available"}"#,
+                true,
+            ),
+            (
+                r#"{"code":503,"err_code":10077,"description":"disk I/O error"}"#,
+                false,
+            ),
+            (
+                r#"{"code":400,"err_code":10071,"description":"wrong last sequence: 1"}"#,
+                false,
+            ),
+        ] {
+            assert_eq!(is_store_full(&refusal(json)?), full, "{json}");
+        }
+        assert!(!is_store_full(&PublishError::new(
+            PublishErrorKind::TimedOut
+        )));
+        Ok(())
     }
 
     #[test]

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use vigil_common::error::ApiError;
-use vigil_common::identity::{Identity, PeerInfo};
+use vigil_common::identity::{Identity, PeerInfo, Principal};
 use vigil_proto::event::v1::SecurityEvent;
 use vigil_proto::ingest::v1::ingest_service_server::IngestService;
 use vigil_proto::ingest::v1::{
@@ -129,7 +129,10 @@ fn caller_device<T>(request: &Request<T>) -> Result<Device, ApiError> {
         .get::<PeerInfo>()
         .ok_or_else(|| ApiError::Unauthenticated("no verified client certificate".into()))?;
     match &info.identity {
-        Ok(Identity::Device { tenant, device }) => Ok(Device {
+        Ok(Identity {
+            principal: Principal::Device { tenant, device },
+            ..
+        }) => Ok(Device {
             tenant: tenant.clone(),
             device: device.clone(),
         }),
@@ -177,29 +180,27 @@ impl IngestService for IngestApi {
                         // Also what tonic reports for a stream whose only
                         // frame was cut after its length prefix.
                         let _ = tx
-                            .send(Err(Status::invalid_argument(
+                            .send(Err(ApiError::invalid(
+                                "stream",
                                 "the stream ended before its first complete batch",
-                            )))
+                            )
+                            .into()))
                             .await;
                         break;
                     }
                     Ok(None) => break,
                     Err(status) => {
-                        // A malformed frame ends the stream with a status
-                        // that says so (a client that went away never
-                        // reads it); batches before it were answered.
+                        // A malformed or oversized frame ends the stream
+                        // with a status that says so (a client that went
+                        // away never reads it); batches before it were
+                        // answered.
                         tracing::debug!(%status, "publish stream read failed");
-                        let code = match status.code() {
-                            tonic::Code::Internal | tonic::Code::Unknown => {
-                                tonic::Code::InvalidArgument
-                            }
-                            other => other,
-                        };
                         let _ = tx
-                            .send(Err(Status::new(
-                                code,
+                            .send(Err(ApiError::invalid(
+                                "stream",
                                 format!("cannot read the next batch: {}", status.message()),
-                            )))
+                            )
+                            .into()))
                             .await;
                         break;
                     }

@@ -56,10 +56,10 @@ pub async fn serve(
                     (payload, headers)
                 }
                 Err(error) => {
-                    let (code, reason) = error_reply(&error);
+                    let (code, reason) = error.nats_reply();
                     let mut headers = async_nats::HeaderMap::new();
                     headers.insert(SERVICE_ERROR_HEADER, reason.as_str());
-                    headers.insert(SERVICE_ERROR_CODE_HEADER, code);
+                    headers.insert(SERVICE_ERROR_CODE_HEADER, code.to_string().as_str());
                     (Bytes::new(), headers)
                 }
             };
@@ -96,21 +96,4 @@ async fn answer(db: &Db, audit: &Auditor, payload: &[u8]) -> Result<Bytes, ApiEr
         })
         .await?;
     Ok(Bytes::from(response.encode_to_vec()))
-}
-
-fn error_reply(error: &ApiError) -> (&'static str, String) {
-    let code = match error {
-        ApiError::InvalidArgument(_) => "400",
-        ApiError::Unauthenticated(_) => "401",
-        ApiError::PermissionDenied(_) => "403",
-        ApiError::NotFound(_) => "404",
-        ApiError::ResourceExhausted { .. } => "429",
-        ApiError::Unavailable { .. } => "503",
-        ApiError::DeadlineExceeded(_) => "504",
-        ApiError::Internal(detail) => {
-            tracing::error!(%detail, "internal error answering query.events");
-            return ("500", "internal error".into());
-        }
-    };
-    (code, error.to_string())
 }

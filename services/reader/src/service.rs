@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde_json::json;
 use tonic::{Request, Response, Status};
 use vigil_common::error::ApiError;
-use vigil_common::identity::{Identity, PeerInfo};
+use vigil_common::identity::{Identity, PeerInfo, Principal};
 use vigil_common::policy::{LivePolicy, Role};
 use vigil_proto::query::v1::query_service_server::QueryService;
 use vigil_proto::query::v1::{
@@ -55,7 +55,12 @@ impl QueryApi {
             .get::<PeerInfo>()
             .ok_or_else(|| ApiError::Unauthenticated("no verified client certificate".into()))?;
         let identity = match &info.identity {
-            Ok(identity @ Identity::User { .. }) => identity,
+            Ok(
+                identity @ Identity {
+                    principal: Principal::User { .. },
+                    ..
+                },
+            ) => identity,
             Ok(other) => {
                 return Err(ApiError::PermissionDenied(format!(
                     "{other} is not a user; only users may query"

@@ -4,7 +4,9 @@
 //! - Postgres unavailable (connection lost, pool timeout, server shutting
 //!   down...): nothing is acked or naked; the batch is held and the insert
 //!   retried with backoff, with progress acks so JetStream does not hand the
-//!   messages to another writer meanwhile; health says NOT_SERVING.
+//!   messages to another writer meanwhile; the failed insert marks the
+//!   Postgres dependency down at once (health NOT_SERVING), the commit
+//!   that succeeds marks it up.
 //!   Deliveries are not spent on an outage, so an outage never
 //!   dead-letters good events.
 //! - A message that cannot be stored (undecodable, or its rows violate a
@@ -21,11 +23,9 @@ use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, AckKind};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
-use tonic_health::ServingStatus;
-use tonic_health::server::HealthReporter;
+use vigil_common::readiness::Dependency;
 use vigil_common::subjects::{self, WRITER_CONSUMER, dlq_headers};
 
-use crate::HEALTH_SERVICE;
 use crate::store::{self, Record, Sink};
 
 /// How the writer treats a batch; see the module docs.
@@ -37,6 +37,8 @@ pub struct Delivery {
     pub retry_base: Duration,
     /// What the messages carry (events or findings).
     pub sink: Sink,
+    /// Readiness: Postgres is down while an insert cannot reach it.
+    pub postgres: Dependency,
 }
 
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
@@ -66,12 +68,7 @@ impl Delivery {
     /// Stores what can be stored, acks it after commit, and routes the rest.
     /// Returns once every message is acked, naked or dead-lettered, or on
     /// shutdown (then unacked messages are redelivered later).
-    pub async fn handle(
-        &self,
-        messages: Vec<jetstream::Message>,
-        health: &HealthReporter,
-        shutdown: &CancellationToken,
-    ) {
+    pub async fn handle(&self, messages: Vec<jetstream::Message>, shutdown: &CancellationToken) {
         let mut decoded = Vec::with_capacity(messages.len());
         for message in messages {
             match self.sink.decode(message.payload.as_ref()) {
@@ -96,9 +93,7 @@ impl Delivery {
                         inserted,
                         "batch committed"
                     );
-                    health
-                        .set_service_status(HEALTH_SERVICE, ServingStatus::Serving)
-                        .await;
+                    self.postgres.up();
                     for d in &decoded {
                         ack(&d.message).await;
                     }
@@ -110,9 +105,7 @@ impl Delivery {
                 }
                 Err(error) => {
                     tracing::warn!(%error, retry_in = ?backoff, "postgres unavailable; holding the batch");
-                    health
-                        .set_service_status(HEALTH_SERVICE, ServingStatus::NotServing)
-                        .await;
+                    self.postgres.down();
                     for d in &decoded {
                         // Keep the messages ours while we wait.
                         let _ = d.message.ack_with(AckKind::Progress).await;

@@ -1,138 +1,106 @@
-//! The vigil writer: a durable pull consumer on EVENTS that inserts events
-//! into Postgres in batches and acknowledges each NATS message only after
-//! the transaction holding its events has committed.
+//! The vigil writer: durable pull consumers on EVENTS, FINDINGS and AUDIT
+//! that insert into Postgres in batches and acknowledge each NATS message
+//! only after the transaction holding its rows has committed.
 //!
 //! Exactly once in Postgres = at-least-once delivery from JetStream +
-//! an idempotent insert (`ON CONFLICT (tenant, event_id) DO NOTHING`).
+//! an idempotent insert (`ON CONFLICT DO NOTHING` on each table's key).
 //!
-//! - [`store`]: the schema ([`MIGRATOR`]) and the batch insert.
+//! - [`store`]: the schema ([`MIGRATOR`]), the three sinks and their batch
+//!   inserts.
 //! - [`deliver`]: what happens to a batch of messages: commit then ack;
 //!   hold and retry while Postgres is unavailable; retry poison messages
 //!   with backoff, then dead-letter them.
-//! - this file: configuration, [`build`], the consume loop.
+//! - this file: the writer's own settings ([`Config`] → [`Loaded`]) and its
+//!   [`Service`] lifecycle: one [`vigil_common::consume::pull`] loop per
+//!   sink. Hard dependencies: JetStream and Postgres.
 
 pub mod deliver;
 pub mod store;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use async_nats::jetstream;
 use async_nats::jetstream::consumer::PullConsumer;
-use futures::StreamExt;
 use sqlx::PgPool;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use vigil_common::config::{ConfigErrors, InvalidConfig, NatsSettings};
+use vigil_common::consume::Batching;
+use vigil_common::postgres::PostgresSettings;
+use vigil_common::readiness::Readiness;
+use vigil_common::service::Service;
+use vigil_common::settings::{BatchArgs, Names, NatsArgs, PostgresArgs, RunArgs, key};
 
 pub use store::MIGRATOR;
 
-/// Name the writer reports readiness under on its health port.
-pub const HEALTH_SERVICE: &str = "vigil.writer";
+const NAMES: Names = Names::new("writer");
 
-/// Writer settings; every one is a flag and a `VIGIL_WRITER_*` env var.
+/// Writer settings; every one is a flag and a `VIGIL_WRITER_*` variable.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
-    /// Postgres URL (e.g. postgres://vigil@127.0.0.1:5432/vigil).
-    #[arg(long, env = "VIGIL_WRITER_DATABASE_URL")]
-    pub database_url: String,
-    /// Allow insecure settings (Postgres without TLS); for development
-    /// only, and said so at start-up.
-    #[arg(long, env = "VIGIL_WRITER_INSECURE_DEV")]
-    pub insecure_dev: bool,
-    #[arg(
-        long,
-        env = "VIGIL_WRITER_HEALTH_LISTEN",
-        default_value = "127.0.0.1:4454"
-    )]
-    pub health_listen: SocketAddr,
-    #[arg(
-        long,
-        env = "VIGIL_WRITER_NATS_URL",
-        default_value = "tls://127.0.0.1:4333"
-    )]
-    pub nats_url: String,
-    #[arg(long, env = "VIGIL_WRITER_NATS_CA", default_value = "certs/out/ca.crt")]
-    pub nats_ca: PathBuf,
-    #[arg(
-        long,
-        env = "VIGIL_WRITER_NATS_CERT",
-        default_value = "certs/out/nats/writer.crt"
-    )]
-    pub nats_cert: PathBuf,
-    #[arg(
-        long,
-        env = "VIGIL_WRITER_NATS_KEY",
-        default_value = "certs/out/nats/writer.key"
-    )]
-    pub nats_key: PathBuf,
-    /// Insert once this many NATS messages (each an EventBatch) are pending...
-    #[arg(long, env = "VIGIL_WRITER_BATCH_MAX_MESSAGES", default_value_t = 200)]
-    pub batch_max_messages: usize,
-    /// ...or once the oldest pending message has waited this long.
-    #[arg(long, env = "VIGIL_WRITER_BATCH_MAX_WAIT_MS", default_value_t = 100)]
-    pub batch_max_wait_ms: u64,
+    #[command(flatten)]
+    pub run: RunArgs,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    #[command(flatten)]
+    pub postgres: PostgresArgs,
+    #[command(flatten)]
+    pub batch: BatchArgs,
     /// A message that cannot be stored is dead-lettered on this delivery.
-    #[arg(long, env = "VIGIL_WRITER_MAX_DELIVERIES", default_value_t = 5)]
+    #[arg(long, env = "MAX_DELIVERIES", default_value_t = 5)]
     pub max_deliveries: i64,
     /// First retry delay of a message that could not be stored; doubles
     /// with each delivery (capped at a minute).
-    #[arg(long, env = "VIGIL_WRITER_RETRY_BASE_MS", default_value_t = 1000)]
+    #[arg(long, env = "RETRY_BASE_MS", default_value_t = 1000)]
     pub retry_base_ms: u64,
 }
 
-impl Config {
-    pub fn nats(&self) -> NatsSettings {
-        NatsSettings {
-            url: self.nats_url.clone(),
-            ca: self.nats_ca.clone(),
-            cert: self.nats_cert.clone(),
-            key: self.nats_key.clone(),
-            inbox_prefix: vigil_common::subjects::inbox_prefix("writer"),
-        }
-    }
+/// The writer's settings, checked and loaded.
+pub struct Loaded {
+    nats: NatsSettings,
+    postgres: PostgresSettings,
+    batching: Batching,
+    max_deliveries: i64,
+    retry_base: Duration,
+}
 
-    pub fn validate(&self) -> Result<(), InvalidConfig> {
+impl Config {
+    /// Checks every setting, naming each bad one, and loads them.
+    pub fn load(&self) -> Result<Loaded, InvalidConfig> {
         let mut errors = ConfigErrors::new();
-        vigil_common::config::check_database_url(
-            "VIGIL_WRITER_DATABASE_URL",
-            &self.database_url,
-            self.insecure_dev,
-            &mut errors,
-        );
-        self.nats().check("VIGIL_WRITER", &mut errors);
-        if self.batch_max_messages == 0 {
-            errors.add("VIGIL_WRITER_BATCH_MAX_MESSAGES", "must be at least 1");
-        }
-        if self.batch_max_wait_ms == 0 || self.batch_max_wait_ms > 60_000 {
-            errors.add("VIGIL_WRITER_BATCH_MAX_WAIT_MS", "must be 1 to 60000");
-        }
+        let nats = self.nats.load(NAMES, &mut errors);
+        let postgres = self
+            .postgres
+            .load(NAMES, self.run.insecure_dev, &mut errors);
+        let batching = self.batch.load(NAMES, &mut errors);
         if !(1..=100).contains(&self.max_deliveries) {
-            errors.add("VIGIL_WRITER_MAX_DELIVERIES", "must be 1 to 100");
+            errors.add(&NAMES.env("MAX_DELIVERIES"), "must be 1 to 100");
         }
-        if self.retry_base_ms == 0 || self.retry_base_ms > 60_000 {
-            errors.add("VIGIL_WRITER_RETRY_BASE_MS", "must be 1 to 60000");
+        if !(1..=60_000).contains(&self.retry_base_ms) {
+            errors.add(&NAMES.env("RETRY_BASE_MS"), "must be 1 to 60000");
         }
-        errors.into_result()
+        let loaded = match (nats, postgres, batching) {
+            (Some(nats), Some(postgres), Some(batching)) => Some(Loaded {
+                nats,
+                postgres,
+                batching,
+                max_deliveries: self.max_deliveries,
+                retry_base: Duration::from_millis(self.retry_base_ms),
+            }),
+            _ => None,
+        };
+        errors.finish(loaded)
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriterError {
     #[error(transparent)]
-    Config(#[from] InvalidConfig),
-    #[error(transparent)]
     Nats(#[from] vigil_common::nats::NatsConnectError),
     #[error("cannot open consumer {0} (was the admin provisioning run?)")]
     Consumer(String),
-    #[error("cannot connect to postgres: {0}")]
-    Database(#[source] sqlx::Error),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Database(#[from] vigil_common::postgres::PostgresConnectError),
 }
 
 pub struct Writer {
@@ -141,157 +109,106 @@ pub struct Writer {
     /// The writer's durable consumer on each stream it stores.
     consumers: Vec<(PullConsumer, store::Sink)>,
     delivery: deliver::Delivery,
-    health_listener: TcpListener,
-    batching: vigil_common::nats::Batching,
+    batching: Batching,
+    /// Stops the Postgres probe once the writer has stopped.
+    probes: CancellationToken,
 }
 
-/// Connects to Postgres and NATS, opens the durable consumers, binds the
-/// health port.
-pub async fn build(config: &Config) -> Result<Writer, WriterError> {
-    config.validate()?;
-    vigil_common::config::warn_insecure("writer", config.insecure_dev);
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(4)
-        .acquire_timeout(Duration::from_secs(5))
+impl Service for Writer {
+    const NAME: &'static str = "writer";
+    const ABOUT: &'static str =
+        "vigil writer: JetStream EVENTS, FINDINGS and AUDIT into Postgres, exactly once";
+    const HEALTH_SERVICE: &'static str = "vigil.writer";
+    const DEFAULTS: &'static [(&'static str, &'static str)] =
+        &[(key::HEALTH_LISTEN, "127.0.0.1:4454")];
+    type Config = Config;
+    type Loaded = Loaded;
+    type Error = WriterError;
+
+    fn run_args(config: &Config) -> &RunArgs {
+        &config.run
+    }
+
+    fn load(config: &Config) -> Result<Loaded, InvalidConfig> {
+        config.load()
+    }
+
+    /// Connects to Postgres and NATS and opens the durable consumers.
+    async fn build(loaded: Loaded, readiness: &Readiness) -> Result<Self, WriterError> {
         // Row-level security: the writer stores every tenant's rows.
-        .after_connect(|conn, _meta| {
-            Box::pin(async move {
-                sqlx::query("SELECT set_config('vigil.tenants', '*', false)")
-                    .execute(conn)
-                    .await?;
-                Ok(())
-            })
+        let pool = vigil_common::postgres::connect(
+            &loaded.postgres,
+            vec![("vigil.tenants", "*".to_owned())],
+        )
+        .await?;
+        let postgres = readiness.dependency("postgres");
+        let probes = CancellationToken::new();
+        vigil_common::postgres::watch(pool.clone(), postgres.clone(), probes.clone());
+        let nats = vigil_common::nats::connect_reporting(
+            &loaded.nats,
+            "vigil-writer",
+            Some(readiness.dependency("jetstream")),
+        )
+        .await?;
+        let js = jetstream::new(nats.clone());
+        let mut consumers = Vec::new();
+        for sink in store::Sink::ALL {
+            let consumer: PullConsumer = js
+                .get_consumer_from_stream(sink.consumer(), sink.stream())
+                .await
+                .map_err(|e| {
+                    WriterError::Consumer(format!("{}/{}: {e}", sink.stream(), sink.consumer()))
+                })?;
+            consumers.push((consumer, sink));
+        }
+        let delivery = deliver::Delivery {
+            pool: pool.clone(),
+            js: js.clone(),
+            max_deliveries: loaded.max_deliveries,
+            retry_base: loaded.retry_base,
+            sink: store::Sink::Events,
+            postgres,
+        };
+        Ok(Writer {
+            pool,
+            nats,
+            consumers,
+            delivery,
+            batching: loaded.batching,
+            probes,
         })
-        .connect(&config.database_url)
-        .await
-        .map_err(WriterError::Database)?;
-    let nats = vigil_common::nats::connect(&config.nats(), "vigil-writer").await?;
-    let js = jetstream::new(nats.clone());
-    let mut consumers = Vec::new();
-    for sink in store::Sink::ALL {
-        let consumer: PullConsumer = js
-            .get_consumer_from_stream(sink.consumer(), sink.stream())
-            .await
-            .map_err(|e| {
-                WriterError::Consumer(format!("{}/{}: {e}", sink.stream(), sink.consumer()))
-            })?;
-        consumers.push((consumer, sink));
-    }
-    let addr = config.health_listen;
-    let health_listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| WriterError::Bind { addr, source })?;
-    let delivery = deliver::Delivery {
-        pool: pool.clone(),
-        js: js.clone(),
-        max_deliveries: config.max_deliveries,
-        retry_base: Duration::from_millis(config.retry_base_ms),
-        sink: store::Sink::Events,
-    };
-    Ok(Writer {
-        pool,
-        nats,
-        consumers,
-        delivery,
-        health_listener,
-        batching: vigil_common::nats::Batching {
-            max_messages: config.batch_max_messages,
-            max_wait: Duration::from_millis(config.batch_max_wait_ms),
-        },
-    })
-}
-
-impl Writer {
-    pub fn health_addr(&self) -> std::io::Result<SocketAddr> {
-        self.health_listener.local_addr()
     }
 
-    /// Consumes EVENTS and FINDINGS until `shutdown`; then stops pulling,
-    /// finishes the batches in hand (commit, then ack), and returns.
-    /// Anything not acked is redelivered to the next writer.
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), WriterError> {
+    fn addresses(&self) -> Vec<(&'static str, SocketAddr)> {
+        Vec::new()
+    }
+
+    /// Consumes every sink until `shutdown`; then stops pulling, finishes
+    /// the batches in hand (commit, then ack), and returns. Anything not
+    /// acked is redelivered to the next writer.
+    async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), WriterError> {
         let Writer {
             pool,
             nats,
             consumers,
             delivery,
-            health_listener,
             batching,
+            probes,
         } = self;
-        let (health, health_task) = vigil_common::health::serve(health_listener, shutdown.clone());
-        health
-            .set_service_status(HEALTH_SERVICE, tonic_health::ServingStatus::Serving)
-            .await;
         futures::future::join_all(consumers.into_iter().map(|(consumer, sink)| {
-            consume(
-                consumer,
-                delivery.clone().for_sink(sink),
-                batching,
-                health.clone(),
-                shutdown.clone(),
-            )
+            let delivery = delivery.clone().for_sink(sink);
+            let shutdown = shutdown.clone();
+            async move {
+                let mut batches = vigil_common::consume::pull(consumer, batching, shutdown.clone());
+                while let Some(batch) = batches.recv().await {
+                    delivery.handle(batch, &shutdown).await;
+                }
+            }
         }))
         .await;
-        health
-            .set_service_status(HEALTH_SERVICE, tonic_health::ServingStatus::NotServing)
-            .await;
         vigil_common::nats::flush_within(&nats, vigil_common::shutdown::FLUSH_LIMIT).await;
+        probes.cancel();
         pool.close().await;
-        let _ = health_task.await;
-        tracing::info!("writer stopped");
         Ok(())
-    }
-}
-
-/// One consume loop: pull, batch by size or time, hand to `delivery`.
-async fn consume(
-    consumer: PullConsumer,
-    delivery: deliver::Delivery,
-    batching: vigil_common::nats::Batching,
-    health: tonic_health::server::HealthReporter,
-    shutdown: CancellationToken,
-) {
-    let mut backoff = Duration::from_millis(100);
-    while !shutdown.is_cancelled() {
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(1000)
-            .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(30))
-            .messages()
-            .await;
-        let mut messages = match messages {
-            Ok(m) => m,
-            Err(error) => {
-                tracing::warn!(%error, "cannot pull from jetstream, retrying");
-                health
-                    .set_service_status(HEALTH_SERVICE, tonic_health::ServingStatus::NotServing)
-                    .await;
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    () = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                continue;
-            }
-        };
-        backoff = Duration::from_millis(100);
-        loop {
-            // Wait for the first message of a batch...
-            let first = tokio::select! {
-                () = shutdown.cancelled() => break,
-                next = messages.next() => next,
-            };
-            // ...then take more until the batch is full or old enough.
-            let pending = match first {
-                Some(Ok(m)) => vigil_common::nats::fill_batch(m, &mut messages, batching).await,
-                Some(Err(error)) => {
-                    tracing::warn!(%error, "pull stream error");
-                    continue;
-                }
-                None => break,
-            };
-            delivery.handle(pending, &health, &shutdown).await;
-        }
     }
 }
