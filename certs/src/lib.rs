@@ -43,8 +43,7 @@ pub const BAD_CASES: &[&str] = &[
     "revoked",
 ];
 
-/// The trust domain of every vigil identity.
-pub const TRUST_DOMAIN: &str = "vigil.local";
+pub use vigil_identity::{DEFAULT_TRUST_DOMAIN, TrustDomain};
 
 /// The services that hold a NATS user of their own.
 pub const NATS_USERS: &[&str] = &[
@@ -68,6 +67,10 @@ pub struct Options {
     /// The CA's common name (distinct names let two CAs share a trust
     /// bundle during a rotation).
     pub ca_name: String,
+    /// The trust domain of every identity issued (the services must be
+    /// given the same `VIGIL_TRUST_DOMAIN`, and `nats-config/users.conf`
+    /// names its users in the default one).
+    pub trust_domain: TrustDomain,
 }
 
 impl Default for Options {
@@ -89,6 +92,7 @@ impl Default for Options {
             ],
             validity_days: 90,
             ca_name: "vigil dev CA".into(),
+            trust_domain: TrustDomain::default(),
         }
     }
 }
@@ -177,22 +181,6 @@ impl Pki {
     }
 }
 
-/// The URI SAN of a device.
-pub fn device_uri(tenant: &str, device: &str) -> String {
-    format!("spiffe://{TRUST_DOMAIN}/tenant/{tenant}/device/{device}")
-}
-
-/// The URI SAN of an analyst user.
-pub fn user_uri(name: &str) -> String {
-    format!("spiffe://{TRUST_DOMAIN}/user/{name}")
-}
-
-/// The URI SAN of a service's NATS client certificate; `nats-config/` names
-/// its users by it.
-pub fn nats_user_uri(service: &str) -> String {
-    format!("spiffe://{TRUST_DOMAIN}/nats/{service}")
-}
-
 struct Ca {
     issuer: Issuer<'static, KeyPair>,
 }
@@ -205,6 +193,7 @@ pub fn generate(dir: &Path, options: &Options) -> anyhow::Result<Pki> {
         fs::create_dir_all(dir.join(sub))
             .with_context(|| format!("creating {}", dir.join(sub).display()))?;
     }
+    let domain = &options.trust_domain;
     let ca = new_ca(&options.ca_name, &dir.join("ca.crt"), &dir.join("ca.key"))?;
     for server in ["gateway", "reader", "nats"] {
         issue_server(&ca, server, &pki.server(server), options.validity_days)?;
@@ -213,7 +202,7 @@ pub fn generate(dir: &Path, options: &Options) -> anyhow::Result<Pki> {
         issue_client(
             &ca,
             &format!("nats {service}"),
-            &nats_user_uri(service),
+            &domain.service_uri(service),
             &pki.nats_client(service),
             options.validity_days,
         )?;
@@ -222,7 +211,7 @@ pub fn generate(dir: &Path, options: &Options) -> anyhow::Result<Pki> {
         issue_client(
             &ca,
             &format!("{tenant}/{device}"),
-            &device_uri(tenant, device),
+            &domain.device_uri(tenant, device),
             &pki.device(tenant, device),
             options.validity_days,
         )?;
@@ -231,24 +220,24 @@ pub fn generate(dir: &Path, options: &Options) -> anyhow::Result<Pki> {
         issue_client(
             &ca,
             user,
-            &user_uri(user),
+            &domain.user_uri(user),
             &pki.user(user),
             options.validity_days,
         )?;
     }
-    issue_bad(&ca, &pki, options.validity_days)?;
+    issue_bad(&ca, &pki, domain, options.validity_days)?;
     let foreign = new_ca("foreign CA", &pki.foreign_ca(), &dir.join("foreign/ca.key"))?;
     issue_client(
         &foreign,
         "acme/cam-01",
-        &device_uri("acme", "cam-01"),
+        &domain.device_uri("acme", "cam-01"),
         &pki.foreign_device(),
         options.validity_days,
     )?;
     issue_client(
         &foreign,
         "analyst",
-        &user_uri("analyst"),
+        &domain.user_uri("analyst"),
         &pki.foreign_user(),
         options.validity_days,
     )?;
@@ -312,12 +301,12 @@ fn rand_serial() -> u64 {
     (rand::random::<u64>() >> 1) | 1
 }
 
-fn issue_bad(ca: &Ca, pki: &Pki, days: i64) -> anyhow::Result<()> {
+fn issue_bad(ca: &Ca, pki: &Pki, domain: &TrustDomain, days: i64) -> anyhow::Result<()> {
     // The certificate-level cases, for a device (gateway, reader) and for a
     // NATS user (`nats-<case>`, URI of the subscriber user).
     for (prefix, uri) in [
-        ("", device_uri("acme", "cam-01")),
-        ("nats-", nats_user_uri("subscriber")),
+        ("", domain.device_uri("acme", "cam-01")),
+        ("nats-", domain.service_uri("subscriber")),
     ] {
         let now = time::OffsetDateTime::now_utc();
         let mut expired = Leaf::client("expired", &uri, days);
@@ -335,15 +324,19 @@ fn issue_bad(ca: &Ca, pki: &Pki, days: i64) -> anyhow::Result<()> {
         ca_leaf.is_ca = true;
         ca_leaf.issue(ca, &pki.bad(&format!("{prefix}ca-leaf")))?;
     }
-    let uri = device_uri("acme", "cam-01");
+    let uri = domain.device_uri("acme", "cam-01");
     let mut two = Leaf::client("two identities", &uri, days);
-    two.uris.push(user_uri("admin"));
+    two.uris.push(domain.user_uri("admin"));
     two.issue(ca, &pki.bad("two-uris"))?;
     let mut none = Leaf::client("no identity", &uri, days);
     none.uris.clear();
     none.issue(ca, &pki.bad("no-uri"))?;
-    Leaf::client("acme/revoked-01", &device_uri("acme", "revoked-01"), days)
-        .issue(ca, &pki.bad("revoked"))?;
+    Leaf::client(
+        "acme/revoked-01",
+        &domain.device_uri("acme", "revoked-01"),
+        days,
+    )
+    .issue(ca, &pki.bad("revoked"))?;
     Leaf::client("evil admin", "spiffe://evil.example/user/admin", days)
         .issue(ca, &pki.bad("other-domain"))?;
     fs::write(pki.dir.join("revoked.txt"), "")

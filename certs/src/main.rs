@@ -27,6 +27,10 @@ struct Args {
     /// Validity of leaf certificates in days.
     #[arg(long, default_value_t = 90)]
     days: i64,
+    /// The SPIFFE trust domain of every identity issued; the services read
+    /// the same variable.
+    #[arg(long, env = "VIGIL_TRUST_DOMAIN", default_value = vigil_certs::DEFAULT_TRUST_DOMAIN)]
+    trust_domain: String,
 }
 
 fn parse_device(s: &str) -> Result<(String, String), String> {
@@ -56,6 +60,8 @@ fn main() -> anyhow::Result<()> {
     }
     let mut options = vigil_certs::Options {
         validity_days: args.days,
+        trust_domain: vigil_certs::TrustDomain::new(&args.trust_domain)
+            .map_err(|e| anyhow::anyhow!("--trust-domain (VIGIL_TRUST_DOMAIN): {e}"))?,
         ..Default::default()
     };
     if !args.devices.is_empty() {

@@ -683,6 +683,11 @@ impl Mesh {
         .await
     }
 
+    /// Sends every service the shutdown signal without waiting for them.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
     /// Stops the services (graceful drain) and waits for them.
     pub async fn stop(mut self) {
         self.shutdown.cancel();

@@ -228,8 +228,14 @@ async fn server_certificate_ca_bundle_and_crl_rotate_without_a_restart() -> anyh
         .map_err(anyhow::Error::msg)?;
 
     // A broken file is refused and the running material kept.
+    let refused = mesh.gateway_tls.reload_failures();
     std::fs::write(&server.cert, b"-----BEGIN CERTIFICATE-----\nnot base64\n")?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_until(
+        Duration::from_secs(10),
+        "the broken file to be refused",
+        || async { mesh.gateway_tls.reload_failures() > refused },
+    )
+    .await?;
     try_publish(&mesh, &new_device)
         .await
         .map_err(|e| anyhow::anyhow!("broken cert file replaced the good one: {e}"))?;

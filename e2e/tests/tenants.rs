@@ -130,11 +130,17 @@ async fn analysts_see_only_their_granted_tenants() -> anyhow::Result<()> {
     })
     .await?;
     // ...and a broken policy file is refused: the last good one stays.
+    let refused = mesh.reader_policy.reload_failures();
     std::fs::write(
         &policy,
         "[[grant]]\nidentity = \"spiffe://vigil.local/user/intern\"\nrole = \"root\"\n",
     )?;
-    tokio::time::sleep(Duration::from_secs(3)).await; // longer than one policy check
+    wait_until(
+        Duration::from_secs(15),
+        "the broken policy to be refused",
+        || async { mesh.reader_policy.reload_failures() > refused },
+    )
+    .await?;
     assert_eq!(tenants_seen(&mut intern).await?, ["globex"]);
     assert_eq!(tenants_seen(&mut acme_analyst).await?, ["acme"]);
     mesh.stop().await;

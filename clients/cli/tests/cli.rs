@@ -187,17 +187,24 @@ async fn admins_read_the_audit_trail_and_analysts_may_not() -> anyhow::Result<()
             "audit", "--cert", &cert, "--key", &key, "--caller", caller, "-o", "json",
         ]
     };
-    let mut records = Vec::new();
-    for _ in 0..100 {
-        let out = vigil(&mesh, &args("spiffe://vigil.local/user/analyst"))?;
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        let body: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-        records = body["records"].as_array().cloned().unwrap_or_default();
-        if !records.is_empty() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    // The audit record is written by the writer after the reader answered.
+    let records = std::cell::RefCell::new(Vec::new());
+    vigil_e2e::wait_until(
+        std::time::Duration::from_secs(10),
+        "the analyst's query in the audit trail",
+        || async {
+            let Ok(out) = vigil(&mesh, &args("spiffe://vigil.local/user/analyst")) else {
+                return false;
+            };
+            let Ok(body) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+                return false;
+            };
+            *records.borrow_mut() = body["records"].as_array().cloned().unwrap_or_default();
+            !records.borrow().is_empty()
+        },
+    )
+    .await?;
+    let records = records.into_inner();
     assert_eq!(records.len(), 1, "{records:?}");
     assert_eq!(records[0]["rpc"], "/vigil.query.v1.QueryService/ListEvents");
     assert_eq!(records[0]["filter"]["limit"], 3);

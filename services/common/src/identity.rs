@@ -40,3 +40,50 @@ pub struct PeerInfo {
     pub remote_addr: Option<SocketAddr>,
     pub identity: Result<Identity, IdentityError>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn der(path: &std::path::Path) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+        use rustls_pki_types::CertificateDer;
+        use rustls_pki_types::pem::PemObject;
+        Ok(CertificateDer::from_pem_file(path)?.to_vec())
+    }
+
+    #[test]
+    fn the_trust_domain_the_pki_issues_in_is_the_one_services_accept()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let corp = TrustDomain::new("corp.example")?;
+        let pki = vigil_certs::generate(
+            dir.path(),
+            &vigil_certs::Options {
+                trust_domain: corp.clone(),
+                ..Default::default()
+            },
+        )?;
+        let device = der(&pki.device("acme", "cam-01").cert)?;
+        let identity = from_certificate(&device, &corp)?;
+        assert_eq!(
+            identity.principal,
+            Principal::Device {
+                tenant: "acme".into(),
+                device: "cam-01".into()
+            }
+        );
+        assert_eq!(
+            identity.to_string(),
+            "spiffe://corp.example/tenant/acme/device/cam-01"
+        );
+        assert!(matches!(
+            from_certificate(&device, &TrustDomain::default()),
+            Err(IdentityError::Unrecognised(_))
+        ));
+        assert_eq!(
+            from_certificate(&der(&pki.bad("two-uris").cert)?, &corp),
+            Err(IdentityError::SeveralUris)
+        );
+        Ok(())
+    }
+}

@@ -50,6 +50,10 @@ pub async fn connect_reporting(
                 }
             }
         })
+        // async-nats backs off up to 4 s between attempts; a service is
+        // unready while disconnected, so come back within a second of the
+        // server's return.
+        .reconnect_delay_callback(reconnect_delay)
         .name(name)
         .require_tls(true)
         .add_root_certificates(settings.ca.clone())
@@ -68,6 +72,19 @@ pub async fn connect_reporting(
         d.up();
     }
     Ok(client)
+}
+
+/// The longest wait between two reconnect attempts.
+pub const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
+
+/// Delay before reconnect attempt `attempts`: at once, then doubling from
+/// 2 ms up to [`MAX_RECONNECT_DELAY`].
+pub fn reconnect_delay(attempts: usize) -> Duration {
+    if attempts <= 1 {
+        return Duration::ZERO;
+    }
+    let exponent = u32::try_from(attempts - 1).unwrap_or(u32::MAX).min(20);
+    Duration::from_millis(2u64.saturating_pow(exponent)).min(MAX_RECONNECT_DELAY)
 }
 
 /// Flushes what the client has buffered, giving up after `limit` (on

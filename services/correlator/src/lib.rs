@@ -218,10 +218,13 @@ impl Service for Correlator {
         let probes = CancellationToken::new();
         bucket_ready.up();
         {
-            let bucket = bucket.clone();
+            // `kv::Store::status` answers from a cache; ask the server.
+            let js = js.clone();
+            let stream = bucket.stream_name.clone();
             bucket_ready.clone().probe(probes.clone(), move || {
-                let bucket = bucket.clone();
-                async move { bucket.status().await.is_ok() }
+                let js = js.clone();
+                let stream = stream.clone();
+                async move { js.get_stream(&stream).await.is_ok() }
             });
         }
         let engine = engine::Engine::new(loaded.rules, loaded.settings.clone(), state);
