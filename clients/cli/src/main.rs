@@ -1,9 +1,16 @@
 //! `vigil`: the analyst's and operator's command line.
 //!
 //! Data goes to stdout (a table, or JSON with `-o json`); diagnostics go to
-//! stderr. Exit codes: 0 ok, 2 usage, 3 cannot connect, 4 refused identity,
-//! 5 invalid request, 1 anything else.
+//! stderr. Exit codes ([`exit::code`]): 0 ok, 2 usage, 3 cannot connect,
+//! 4 refused identity, 5 invalid request, 1 anything else.
+//!
+//! - this file: the command line (clap) and the dispatch to a command;
+//! - [`commands`]: one module per group of commands;
+//! - [`exit`]: failures and their exit codes;
+//! - [`output`]: tables and JSON.
 
+mod commands;
+mod exit;
 mod output;
 
 use std::path::PathBuf;
@@ -11,14 +18,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use vigil_client::{ClientError, TlsFiles};
-use vigil_proto::ingest::v1::PublishRequest;
-use vigil_proto::ingest::v1::ingest_service_client::IngestServiceClient;
-use vigil_proto::query::v1::query_service_client::QueryServiceClient;
-use vigil_proto::query::v1::{
-    GetEventRequest, GetFindingRequest, ListAuditRecordsRequest, ListEventsRequest,
-    ListFindingsRequest,
-};
+use commands::admin::{AdminCommand, DlqCommand, NatsAdmin};
+use commands::query::{EventFilter, FindingFilter, Reader};
+use exit::Failure;
 
 #[derive(Parser)]
 #[command(
@@ -176,85 +178,6 @@ enum Command {
     },
 }
 
-/// How operator commands reach NATS: as the admin user.
-#[derive(clap::Args)]
-struct NatsAdmin {
-    #[arg(long, env = "VIGIL_NATS_URL", default_value = "tls://127.0.0.1:4333")]
-    nats_url: String,
-    /// The admin NATS user's certificate.
-    #[arg(
-        long,
-        env = "VIGIL_NATS_ADMIN_CERT",
-        default_value = "certs/out/nats/admin.crt"
-    )]
-    nats_cert: PathBuf,
-    #[arg(
-        long,
-        env = "VIGIL_NATS_ADMIN_KEY",
-        default_value = "certs/out/nats/admin.key"
-    )]
-    nats_key: PathBuf,
-}
-
-impl NatsAdmin {
-    async fn connect(&self, ca: &std::path::Path) -> Result<async_nats::Client, Failure> {
-        let settings = vigil_common::config::NatsSettings {
-            url: self.nats_url.clone(),
-            ca: ca.to_owned(),
-            cert: self.nats_cert.clone(),
-            key: self.nats_key.clone(),
-            inbox_prefix: vigil_common::subjects::inbox_prefix("admin"),
-        };
-        vigil_common::nats::connect(&settings, "vigil-admin")
-            .await
-            .map_err(|e| Failure {
-                code: 3,
-                message: e.to_string(),
-            })
-    }
-}
-
-#[derive(Subcommand)]
-enum AdminCommand {
-    /// Create the JetStream streams and durable consumers (idempotent).
-    Provision {
-        #[command(flatten)]
-        nats: NatsAdmin,
-    },
-    /// Apply the database schema, and create the services' own roles
-    /// (`<database>_writer`, `<database>_reader`) with their grants and
-    /// row-level security. Runs as the schema owner, never as a service.
-    Migrate {
-        /// The owner's URL (needs CREATE ROLE), e.g.
-        /// postgres://postgres@127.0.0.1:5432/vigil?sslmode=require
-        #[arg(long, env = "VIGIL_ADMIN_DATABASE_URL")]
-        database_url: String,
-    },
-}
-
-#[derive(Subcommand)]
-enum DlqCommand {
-    /// List dead letters, oldest first.
-    List,
-    /// Republish dead letters to their original subject (after fixing the
-    /// cause), then remove them from the DLQ.
-    Replay {
-        /// The dead letter's sequence (from `vigil dlq list`).
-        #[arg(required_unless_present = "all", conflicts_with = "all")]
-        sequence: Option<u64>,
-        /// Every dead letter.
-        #[arg(long)]
-        all: bool,
-    },
-    /// Remove dead letters without replaying them.
-    Discard {
-        #[arg(required_unless_present = "all", conflicts_with = "all")]
-        sequence: Option<u64>,
-        #[arg(long)]
-        all: bool,
-    },
-}
-
 fn parse_severity(s: &str) -> Result<i32, String> {
     vigil_client::names::parse_severity(s)
         .map(|s| s as i32)
@@ -268,80 +191,16 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     let n: u64 = number
         .parse()
         .map_err(|_| format!("expected a duration like 15m, got {s:?}"))?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
+    let unit_secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
         _ => return Err(format!("unknown unit in {s:?} (use s, m, h or d)")),
     };
-    Ok(Duration::from_secs(secs))
-}
-
-/// A failure, with the exit code that classifies it.
-struct Failure {
-    code: u8,
-    message: String,
-}
-
-impl From<ClientError> for Failure {
-    fn from(e: ClientError) -> Self {
-        let code = match e {
-            ClientError::Read { .. } | ClientError::BadAddress { .. } => 2,
-            ClientError::Connect { .. } => 3,
-        };
-        Failure {
-            code,
-            message: e.to_string(),
-        }
-    }
-}
-
-/// How a refused client certificate surfaces in a failed first call.
-const REFUSAL_HINTS: &[&str] = &[
-    "cancel",
-    "transport error",
-    "tls",
-    "certificate",
-    "handshake",
-    "connection reset",
-    "broken pipe",
-    "alert",
-];
-
-/// Classifies a failed call. `cert` is the certificate we presented: with
-/// TLS 1.3 a server refuses a client certificate only after the client
-/// thinks the handshake is done, so a refusal shows up as the first call
-/// being cancelled or reset.
-fn status_failure(
-    what: &str,
-    addr: &str,
-    cert: &std::path::Path,
-    status: tonic::Status,
-) -> Failure {
-    use tonic::Code;
-    let detail = status.message();
-    let lower = detail.to_ascii_lowercase();
-    let (code, message) = match status.code() {
-        Code::PermissionDenied => (4, format!("{what}: refused identity: {detail}")),
-        Code::Unauthenticated => (4, format!("{what}: not authenticated: {detail}")),
-        Code::InvalidArgument => (5, format!("{what}: invalid request: {detail}")),
-        Code::NotFound => (1, format!("{what}: {detail}")),
-        Code::Cancelled | Code::Unavailable | Code::Unknown
-            if REFUSAL_HINTS.iter().any(|w| lower.contains(w)) =>
-        {
-            (
-                4,
-                format!(
-                    "{what}: {addr} closed the connection after the TLS handshake: it most likely refused our certificate {} (is it issued by the vigil CA and still valid?) [{detail}]",
-                    cert.display()
-                ),
-            )
-        }
-        Code::Unavailable => (3, format!("{what}: {addr} unavailable: {detail}")),
-        _ => (1, format!("{what}: {} {detail}", status.code())),
-    };
-    Failure { code, message }
+    n.checked_mul(unit_secs)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{s:?} is too long a duration"))
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -357,12 +216,15 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
-    let analyst = TlsFiles {
-        ca: cli.ca.clone(),
-        cert: cli.cert.clone(),
-        key: cli.key.clone(),
-    };
-    match cli.command {
+    let reader = Reader::new(&cli);
+    let Cli {
+        command,
+        gateway,
+        ca,
+        output,
+        ..
+    } = cli;
+    match command {
         Command::Events {
             min_severity,
             classes,
@@ -371,28 +233,15 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             limit,
             page_token,
         } => {
-            let channel = vigil_client::connect(&cli.reader, &analyst).await?;
-            let mut client = QueryServiceClient::new(channel);
-            let start_time = since.map_or(0, |d| {
-                chrono::Utc::now().timestamp_millis()
-                    - i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2)
-            });
-            let request = ListEventsRequest {
-                min_severity: min_severity.unwrap_or(0),
-                class_uids: classes,
-                source_device: device.unwrap_or_default(),
-                start_time,
-                end_time: 0,
+            let filter = EventFilter {
+                min_severity,
+                classes,
+                device,
+                since,
                 limit,
-                page_token: page_token.unwrap_or_default(),
+                page_token,
             };
-            let response = client
-                .list_events(request)
-                .await
-                .map_err(|s| status_failure("events", &cli.reader, &cli.cert, s))?
-                .into_inner();
-            output::events(cli.output, &response.events, &response.next_page_token);
-            Ok(())
+            commands::query::events(&reader, filter).await
         }
         Command::Findings {
             min_severity,
@@ -401,65 +250,18 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             limit,
             page_token,
         } => {
-            let channel = vigil_client::connect(&cli.reader, &analyst).await?;
-            let start_time = since.map_or(0, |d| {
-                chrono::Utc::now().timestamp_millis()
-                    - i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2)
-            });
-            let response = QueryServiceClient::new(channel)
-                .list_findings(ListFindingsRequest {
-                    min_severity: min_severity.unwrap_or(0),
-                    rule_id: rule.unwrap_or_default(),
-                    start_time,
-                    end_time: 0,
-                    limit,
-                    page_token: page_token.unwrap_or_default(),
-                })
-                .await
-                .map_err(|s| status_failure("findings", &cli.reader, &cli.cert, s))?
-                .into_inner();
-            output::findings(cli.output, &response.findings, &response.next_page_token);
-            Ok(())
+            let filter = FindingFilter {
+                min_severity,
+                rule,
+                since,
+                limit,
+                page_token,
+            };
+            commands::query::findings(&reader, filter).await
         }
-        Command::Audit { caller, limit } => {
-            let channel = vigil_client::connect(&cli.reader, &analyst).await?;
-            let response = QueryServiceClient::new(channel)
-                .list_audit_records(ListAuditRecordsRequest {
-                    caller: caller.unwrap_or_default(),
-                    before_time: 0,
-                    limit,
-                })
-                .await
-                .map_err(|s| status_failure("audit", &cli.reader, &cli.cert, s))?
-                .into_inner();
-            output::audit(cli.output, &response.records);
-            Ok(())
-        }
-        Command::Finding { finding_id } => {
-            let channel = vigil_client::connect(&cli.reader, &analyst).await?;
-            let response = QueryServiceClient::new(channel)
-                .get_finding(GetFindingRequest { finding_id })
-                .await
-                .map_err(|s| status_failure("finding", &cli.reader, &cli.cert, s))?
-                .into_inner();
-            if let Some(finding) = response.finding {
-                output::findings(cli.output, std::slice::from_ref(&finding), "");
-                output::events(cli.output, &response.events, "");
-            }
-            Ok(())
-        }
-        Command::Event { event_id } => {
-            let channel = vigil_client::connect(&cli.reader, &analyst).await?;
-            let response = QueryServiceClient::new(channel)
-                .get_event(GetEventRequest { event_id })
-                .await
-                .map_err(|s| status_failure("event", &cli.reader, &cli.cert, s))?
-                .into_inner();
-            if let Some(event) = response.event {
-                output::event(cli.output, &event);
-            }
-            Ok(())
-        }
+        Command::Audit { caller, limit } => commands::query::audit(&reader, caller, limit).await,
+        Command::Finding { finding_id } => commands::query::finding(&reader, finding_id).await,
+        Command::Event { event_id } => commands::query::event(&reader, event_id).await,
         Command::Send {
             device_cert,
             device_key,
@@ -467,115 +269,23 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             severity,
             message,
         } => {
-            let kind = vigil_client::events::Kind::parse(&kind).ok_or_else(|| Failure {
-                code: 2,
-                message: format!("unknown kind {kind:?} (auth-success, auth-failure, process, network, dns, file)"),
-            })?;
-            let mut event = vigil_client::events::sample(
+            let args = commands::send::Send {
+                gateway,
+                ca,
+                device_cert,
+                device_key,
                 kind,
-                &mut rand::rng(),
-                chrono::Utc::now().timestamp_millis(),
-            );
-            if let Some(s) = severity {
-                event.severity_id = s;
-            }
-            if let Some(m) = message {
-                event.message = m;
-            }
-            let device = TlsFiles {
-                ca: cli.ca.clone(),
-                cert: device_cert.clone(),
-                key: device_key,
+                severity,
+                message,
             };
-            let channel = vigil_client::connect(&cli.gateway, &device).await?;
-            let id = event.event_id.clone();
-            let response = IngestServiceClient::new(channel)
-                .publish(PublishRequest {
-                    events: vec![event],
-                })
-                .await
-                .map_err(|s| status_failure("send", &cli.gateway, &device_cert, s))?
-                .into_inner();
-            if let Some(r) = response.rejected.first() {
-                return Err(Failure {
-                    code: 5,
-                    message: format!("send: event rejected: {}: {}", r.field, r.reason),
-                });
-            }
-            output::sent(cli.output, &id);
-            Ok(())
+            commands::send::send(args, output).await
         }
         Command::Admin {
             command: AdminCommand::Migrate { database_url },
-        } => {
-            let failure = |message: String| Failure { code: 3, message };
-            let pool = sqlx::PgPool::connect(&database_url)
-                .await
-                .map_err(|e| failure(format!("cannot connect to the database: {e}")))?;
-            vigil_writer::MIGRATOR
-                .run(&pool)
-                .await
-                .map_err(|e| failure(format!("migration failed: {e}")))?;
-            pool.close().await;
-            eprintln!(
-                "database schema is current; roles <database>_writer and <database>_reader granted"
-            );
-            Ok(())
-        }
+        } => commands::admin::migrate(&database_url).await,
         Command::Admin {
             command: AdminCommand::Provision { nats },
-        } => {
-            let client = nats.connect(&cli.ca).await?;
-            vigil_common::provision::provision(
-                &client,
-                &vigil_common::provision::StreamLimits::default(),
-            )
-            .await
-            .map_err(|e| Failure {
-                code: 1,
-                message: e.to_string(),
-            })?;
-            let _ = client.flush().await;
-            eprintln!(
-                "provisioned streams {}, {}, {} and {} (append-only), the writer's and correlator's consumers, and the {} bucket",
-                vigil_common::subjects::EVENTS_STREAM,
-                vigil_common::subjects::FINDINGS_STREAM,
-                vigil_common::subjects::DLQ_STREAM,
-                vigil_common::subjects::AUDIT_STREAM,
-                vigil_common::subjects::CORRELATOR_BUCKET
-            );
-            Ok(())
-        }
-        Command::Dlq { nats, command } => {
-            let client = nats.connect(&cli.ca).await?;
-            let js = async_nats::jetstream::new(client);
-            let failed = |e: vigil_common::dlq::DlqError| Failure {
-                code: 1,
-                message: format!("dlq: {e}"),
-            };
-            let letters = vigil_common::dlq::list(&js).await.map_err(failed)?;
-            let chosen = |sequence: Option<u64>| -> Vec<u64> {
-                match sequence {
-                    Some(s) => vec![s],
-                    None => letters.iter().map(|l| l.sequence).collect(),
-                }
-            };
-            match command {
-                DlqCommand::List => output::dead_letters(cli.output, &letters),
-                DlqCommand::Replay { sequence, .. } => {
-                    for s in chosen(sequence) {
-                        vigil_common::dlq::replay(&js, s).await.map_err(failed)?;
-                        eprintln!("replayed dead letter {s}");
-                    }
-                }
-                DlqCommand::Discard { sequence, .. } => {
-                    for s in chosen(sequence) {
-                        vigil_common::dlq::discard(&js, s).await.map_err(failed)?;
-                        eprintln!("discarded dead letter {s}");
-                    }
-                }
-            }
-            Ok(())
-        }
+        } => commands::admin::provision(&nats, &ca).await,
+        Command::Dlq { nats, command } => commands::admin::dlq(&nats, &ca, output, command).await,
     }
 }

@@ -87,6 +87,17 @@ pub fn reconnect_delay(attempts: usize) -> Duration {
     Duration::from_millis(2u64.saturating_pow(exponent)).min(MAX_RECONNECT_DELAY)
 }
 
+/// [`connect_reporting`] for a service whose hard dependency is JetStream:
+/// declares `jetstream` on `readiness` and keeps it in step with the
+/// connection.
+pub async fn connect_ready(
+    settings: &NatsSettings,
+    name: &str,
+    readiness: &crate::readiness::Readiness,
+) -> Result<async_nats::Client, NatsConnectError> {
+    connect_reporting(settings, name, Some(readiness.dependency("jetstream"))).await
+}
+
 /// Flushes what the client has buffered, giving up after `limit` (on
 /// shutdown NATS may already be gone; a service must still exit).
 pub async fn flush_within(client: &async_nats::Client, limit: Duration) {

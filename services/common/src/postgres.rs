@@ -68,3 +68,17 @@ pub fn watch(pool: PgPool, dependency: Dependency, stop: CancellationToken) -> J
         }
     })
 }
+
+/// [`connect`] for a service whose hard dependency is Postgres: declares
+/// `postgres` on `readiness` and [`watch`]es it until `stop`.
+pub async fn connect_ready(
+    settings: &PostgresSettings,
+    session: Vec<(&'static str, String)>,
+    readiness: &crate::readiness::Readiness,
+    stop: CancellationToken,
+) -> Result<(PgPool, Dependency), PostgresConnectError> {
+    let pool = connect(settings, session).await?;
+    let dependency = readiness.dependency("postgres");
+    watch(pool.clone(), dependency.clone(), stop);
+    Ok((pool, dependency))
+}

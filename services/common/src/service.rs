@@ -32,6 +32,22 @@ pub const EXIT_CONFIG: u8 = 64;
 /// Exit code of a failed start-up or a service that stopped with an error.
 pub const EXIT_FAILURE: u8 = 1;
 
+/// A service's settings: the runner's own ([`RunArgs`]), and what they
+/// load into.
+pub trait ServiceConfig: Args + Send + Sync {
+    /// The settings, validated and loaded (files read, keys parsed).
+    type Loaded: Send;
+
+    fn run_args(&self) -> &RunArgs;
+
+    /// Validates every setting, naming each bad one, and returns what they
+    /// load into; nothing is read twice.
+    fn load(&self) -> Result<Self::Loaded, InvalidConfig>;
+}
+
+/// What a service's settings load into.
+pub type Loaded<S> = <<S as Service>::Config as ServiceConfig>::Loaded;
+
 /// What a vigil service is, as the runner sees it.
 pub trait Service: Sized + Send + 'static {
     /// `gateway`, `writer`, `reader`, `correlator`: names the binary
@@ -44,21 +60,13 @@ pub trait Service: Sized + Send + 'static {
     /// Defaults of shared settings that differ per service, by key.
     const DEFAULTS: &'static [(&'static str, &'static str)] = &[];
 
-    type Config: Args + Send + Sync;
-    /// The settings, validated and loaded (files read, keys parsed).
-    type Loaded: Send;
+    type Config: ServiceConfig;
     type Error: std::error::Error + Send + Sync + 'static;
-
-    fn run_args(config: &Self::Config) -> &RunArgs;
-
-    /// Validates every setting, naming each bad one, and returns what they
-    /// load into; nothing is read twice.
-    fn load(config: &Self::Config) -> Result<Self::Loaded, InvalidConfig>;
 
     /// Binds the service's sockets (port 0 picks a free one), connects,
     /// and declares its hard dependencies on `readiness`.
     fn build(
-        loaded: Self::Loaded,
+        loaded: Loaded<Self>,
         readiness: &Readiness,
     ) -> impl Future<Output = Result<Self, Self::Error>> + Send;
 
@@ -110,8 +118,8 @@ pub struct Launched<S: Service> {
 
 /// Steps 3 of the lifecycle: load, bind health, build.
 pub async fn launch<S: Service>(config: &S::Config) -> Result<Launched<S>, LaunchError<S::Error>> {
-    let loaded = S::load(config)?;
-    let run = S::run_args(config);
+    let loaded = config.load()?;
+    let run = config.run_args();
     if run.insecure_dev {
         tracing::warn!(
             service = S::NAME,
@@ -194,18 +202,22 @@ impl<S: Service> Launched<S> {
     }
 }
 
-/// The whole lifecycle for a binary: `fn main() -> ExitCode { run::<Gateway>() }`.
-pub fn run<S: Service>() -> ExitCode {
-    let names = Names::new(S::NAME);
-    let command = names.apply(
+/// The command line of `vigil-<S::NAME>`: every setting a flag and a
+/// `VIGIL_<NAME>_*` variable, with the service's defaults.
+pub fn command<S: Service>() -> clap::Command {
+    Names::new(S::NAME).apply(
         S::Config::augment_args(
             clap::Command::new(format!("vigil-{}", S::NAME))
                 .version(env!("CARGO_PKG_VERSION"))
                 .about(S::ABOUT),
         ),
         S::DEFAULTS,
-    );
-    let config = match command
+    )
+}
+
+/// The whole lifecycle for a binary: `fn main() -> ExitCode { run::<Gateway>() }`.
+pub fn run<S: Service>() -> ExitCode {
+    let config = match command::<S>()
         .try_get_matches()
         .and_then(|m| S::Config::from_arg_matches(&m))
     {

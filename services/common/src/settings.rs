@@ -217,6 +217,7 @@ pub struct NatsArgs {
     /// to the service's user.
     #[arg(long, env = key::NATS_CERT, default_value = "certs/out/nats/{service}.crt")]
     pub nats_cert: PathBuf,
+    /// The key of that certificate.
     #[arg(long, env = key::NATS_KEY, default_value = "certs/out/nats/{service}.key")]
     pub nats_key: PathBuf,
 }

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use vigil_common::config::{ConfigErrors, InvalidConfig, NatsSettings};
 use vigil_common::consume::Batching;
 use vigil_common::readiness::Readiness;
-use vigil_common::service::Service;
+use vigil_common::service::{Service, ServiceConfig};
 use vigil_common::settings::{BatchArgs, Names, NatsArgs, RunArgs, key};
 use vigil_common::subjects;
 
@@ -86,9 +86,15 @@ pub struct Loaded {
     metrics_listen: SocketAddr,
 }
 
-impl Config {
+impl ServiceConfig for Config {
+    type Loaded = Loaded;
+
+    fn run_args(&self) -> &RunArgs {
+        &self.run
+    }
+
     /// Checks every setting, naming each bad one, and loads them.
-    pub fn load(&self) -> Result<Loaded, InvalidConfig> {
+    fn load(&self) -> Result<Loaded, InvalidConfig> {
         let mut errors = ConfigErrors::new();
         let nats = self.nats.load(NAMES, &mut errors);
         let batching = self.batch.load(NAMES, &mut errors);
@@ -161,27 +167,14 @@ impl Service for Correlator {
     const DEFAULTS: &'static [(&'static str, &'static str)] =
         &[(key::HEALTH_LISTEN, "127.0.0.1:4464")];
     type Config = Config;
-    type Loaded = Loaded;
     type Error = CorrelatorError;
-
-    fn run_args(config: &Config) -> &RunArgs {
-        &config.run
-    }
-
-    fn load(config: &Config) -> Result<Loaded, InvalidConfig> {
-        config.load()
-    }
 
     /// Connects, opens the partition's consumer and the bucket, restores
     /// the checkpoint.
     async fn build(loaded: Loaded, readiness: &Readiness) -> Result<Self, CorrelatorError> {
         let metrics_listener = vigil_common::service::bind(loaded.metrics_listen).await?;
-        let nats = vigil_common::nats::connect_reporting(
-            &loaded.nats,
-            "vigil-correlator",
-            Some(readiness.dependency("jetstream")),
-        )
-        .await?;
+        let nats =
+            vigil_common::nats::connect_ready(&loaded.nats, "vigil-correlator", readiness).await?;
         let js = jetstream::new(nats.clone());
         let name = subjects::correlator_consumer(loaded.partition);
         let consumer: PullConsumer = js

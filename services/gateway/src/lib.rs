@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use vigil_common::config::{ConfigErrors, InvalidConfig, NatsSettings};
 use vigil_common::grpc::{Edge, ServerLimits};
 use vigil_common::readiness::Readiness;
-use vigil_common::service::{BindError, Service};
+use vigil_common::service::{BindError, Service, ServiceConfig};
 use vigil_common::settings::{EdgeArgs, Names, NatsArgs, RunArgs, key};
 use vigil_proto::ingest::v1::ingest_service_server::IngestServiceServer;
 
@@ -73,9 +73,15 @@ pub struct Loaded {
     pseudonymiser: Option<pseudonym::Pseudonymiser>,
 }
 
-impl Config {
+impl ServiceConfig for Config {
+    type Loaded = Loaded;
+
+    fn run_args(&self) -> &RunArgs {
+        &self.run
+    }
+
     /// Checks every setting, naming each bad one, and loads them.
-    pub fn load(&self) -> Result<Loaded, InvalidConfig> {
+    fn load(&self) -> Result<Loaded, InvalidConfig> {
         let mut errors = ConfigErrors::new();
         let edge = self.edge.load(NAMES, self.run.insecure_dev, &mut errors);
         let nats = self.nats.load(NAMES, &mut errors);
@@ -172,27 +178,14 @@ impl Service for Gateway {
         (key::RATE_BURST, "400"),
     ];
     type Config = Config;
-    type Loaded = Loaded;
     type Error = GatewayError;
-
-    fn run_args(config: &Config) -> &RunArgs {
-        &config.run
-    }
-
-    fn load(config: &Config) -> Result<Loaded, InvalidConfig> {
-        config.load()
-    }
 
     async fn build(loaded: Loaded, readiness: &Readiness) -> Result<Self, GatewayError> {
         let listener = vigil_common::service::bind(loaded.edge.listen).await?;
         // Ready only while connected to NATS: a publish could not be made
         // durable otherwise.
-        let nats = vigil_common::nats::connect_reporting(
-            &loaded.nats,
-            "vigil-gateway",
-            Some(readiness.dependency("jetstream")),
-        )
-        .await?;
+        let nats =
+            vigil_common::nats::connect_ready(&loaded.nats, "vigil-gateway", readiness).await?;
         let mut js = async_nats::jetstream::new(nats.clone());
         js.set_timeout(loaded.publish_timeout);
         let api = service::IngestApi::new(

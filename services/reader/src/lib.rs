@@ -27,7 +27,7 @@ use vigil_common::grpc::{Edge, ServerLimits};
 use vigil_common::policy::{LivePolicy, Policy};
 use vigil_common::postgres::PostgresSettings;
 use vigil_common::readiness::Readiness;
-use vigil_common::service::{BindError, Service};
+use vigil_common::service::{BindError, Service, ServiceConfig};
 use vigil_common::settings::{EdgeArgs, Names, NatsArgs, PostgresArgs, RunArgs, key};
 use vigil_common::tls::ServerTls;
 use vigil_proto::query::v1::query_service_server::QueryServiceServer;
@@ -73,9 +73,15 @@ pub struct Loaded {
     query_timeout: Duration,
 }
 
-impl Config {
+impl ServiceConfig for Config {
+    type Loaded = Loaded;
+
+    fn run_args(&self) -> &RunArgs {
+        &self.run
+    }
+
     /// Checks every setting, naming each bad one, and loads them.
-    pub fn load(&self) -> Result<Loaded, InvalidConfig> {
+    fn load(&self) -> Result<Loaded, InvalidConfig> {
         let mut errors = ConfigErrors::new();
         let insecure = self.run.insecure_dev;
         let edge = self.edge.load(NAMES, insecure, &mut errors);
@@ -175,38 +181,22 @@ impl Service for Reader {
         (key::DATABASE_MAX_CONNECTIONS, "8"),
     ];
     type Config = Config;
-    type Loaded = Loaded;
     type Error = ReaderError;
-
-    fn run_args(config: &Config) -> &RunArgs {
-        &config.run
-    }
-
-    fn load(config: &Config) -> Result<Loaded, InvalidConfig> {
-        config.load()
-    }
 
     async fn build(loaded: Loaded, readiness: &Readiness) -> Result<Self, ReaderError> {
         let listener = vigil_common::service::bind(loaded.edge.listen).await?;
         let timeout_ms = loaded.query_timeout.as_millis().to_string();
         // Postgres itself cancels a query that runs too long.
-        let pool = vigil_common::postgres::connect(
+        let probes = CancellationToken::new();
+        let (pool, _) = vigil_common::postgres::connect_ready(
             &loaded.postgres,
             vec![("statement_timeout", timeout_ms)],
-        )
-        .await?;
-        let probes = CancellationToken::new();
-        vigil_common::postgres::watch(
-            pool.clone(),
-            readiness.dependency("postgres"),
+            readiness,
             probes.clone(),
-        );
-        let nats = vigil_common::nats::connect_reporting(
-            &loaded.nats,
-            "vigil-reader",
-            Some(readiness.dependency("jetstream")),
         )
         .await?;
+        let nats =
+            vigil_common::nats::connect_ready(&loaded.nats, "vigil-reader", readiness).await?;
         Ok(Reader {
             listener,
             edge: loaded.edge,

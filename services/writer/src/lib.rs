@@ -28,7 +28,7 @@ use vigil_common::config::{ConfigErrors, InvalidConfig, NatsSettings};
 use vigil_common::consume::Batching;
 use vigil_common::postgres::PostgresSettings;
 use vigil_common::readiness::Readiness;
-use vigil_common::service::Service;
+use vigil_common::service::{Service, ServiceConfig};
 use vigil_common::settings::{BatchArgs, Names, NatsArgs, PostgresArgs, RunArgs, key};
 
 pub use store::MIGRATOR;
@@ -64,9 +64,15 @@ pub struct Loaded {
     retry_base: Duration,
 }
 
-impl Config {
+impl ServiceConfig for Config {
+    type Loaded = Loaded;
+
+    fn run_args(&self) -> &RunArgs {
+        &self.run
+    }
+
     /// Checks every setting, naming each bad one, and loads them.
-    pub fn load(&self) -> Result<Loaded, InvalidConfig> {
+    fn load(&self) -> Result<Loaded, InvalidConfig> {
         let mut errors = ConfigErrors::new();
         let nats = self.nats.load(NAMES, &mut errors);
         let postgres = self
@@ -122,34 +128,21 @@ impl Service for Writer {
     const DEFAULTS: &'static [(&'static str, &'static str)] =
         &[(key::HEALTH_LISTEN, "127.0.0.1:4454")];
     type Config = Config;
-    type Loaded = Loaded;
     type Error = WriterError;
-
-    fn run_args(config: &Config) -> &RunArgs {
-        &config.run
-    }
-
-    fn load(config: &Config) -> Result<Loaded, InvalidConfig> {
-        config.load()
-    }
 
     /// Connects to Postgres and NATS and opens the durable consumers.
     async fn build(loaded: Loaded, readiness: &Readiness) -> Result<Self, WriterError> {
         // Row-level security: the writer stores every tenant's rows.
-        let pool = vigil_common::postgres::connect(
+        let probes = CancellationToken::new();
+        let (pool, postgres) = vigil_common::postgres::connect_ready(
             &loaded.postgres,
             vec![("vigil.tenants", "*".to_owned())],
+            readiness,
+            probes.clone(),
         )
         .await?;
-        let postgres = readiness.dependency("postgres");
-        let probes = CancellationToken::new();
-        vigil_common::postgres::watch(pool.clone(), postgres.clone(), probes.clone());
-        let nats = vigil_common::nats::connect_reporting(
-            &loaded.nats,
-            "vigil-writer",
-            Some(readiness.dependency("jetstream")),
-        )
-        .await?;
+        let nats =
+            vigil_common::nats::connect_ready(&loaded.nats, "vigil-writer", readiness).await?;
         let js = jetstream::new(nats.clone());
         let mut consumers = Vec::new();
         for sink in store::Sink::ALL {

@@ -1,0 +1,5 @@
+//! One module per group of subcommands; each function runs one command.
+
+pub mod admin;
+pub mod query;
+pub mod send;

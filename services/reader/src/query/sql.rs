@@ -1,0 +1,385 @@
+//! The SQL of every query, run in a transaction that row-level security
+//! scopes to the caller's tenants and that Postgres cancels at the caller's
+//! deadline; rows decoded back into protobuf.
+
+use chrono::{DateTime, Utc};
+use prost::Message;
+use sqlx::{PgPool, Postgres, Row, Transaction};
+use vigil_common::error::{ApiError, FieldViolation};
+use vigil_proto::audit::v1::AuditRecord;
+use vigil_proto::event::v1::SecurityEvent;
+use vigil_proto::finding::v1::Finding;
+use vigil_proto::query::v1::{
+    GetEventRequest, GetFindingRequest, GetFindingResponse, ListAuditRecordsRequest,
+    ListEventsResponse, ListFindingsResponse,
+};
+
+use super::page_token::PageTokens;
+use super::request::{EventQuery, FindingQuery, page_limit};
+use super::{Caller, TenantScope};
+
+/// The reader's database: the pool of its own role, the token signer, and
+/// the longest a statement may run.
+pub struct Db {
+    pub pool: PgPool,
+    pub tokens: PageTokens,
+    pub max_statement_time: std::time::Duration,
+}
+
+impl Db {
+    /// A read transaction that Postgres row-level security scopes to the
+    /// caller's tenants, and that Postgres cancels after `deadline` (or the
+    /// configured maximum, whichever is shorter).
+    pub async fn begin(
+        &self,
+        caller: &Caller,
+        deadline: Option<std::time::Duration>,
+    ) -> Result<Transaction<'static, Postgres>, ApiError> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let tenants = match &caller.scope {
+            TenantScope::All => "*".to_owned(),
+            TenantScope::Only(t) => t.join(","),
+        };
+        let timeout = deadline
+            .map_or(self.max_statement_time, |d| d.min(self.max_statement_time))
+            .max(std::time::Duration::from_millis(1));
+        sqlx::query(
+            "SELECT set_config('vigil.tenants', $1, true), set_config('statement_timeout', $2, true)",
+        )
+        .bind(tenants)
+        .bind(format!("{}ms", timeout.as_millis()))
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        Ok(tx)
+    }
+}
+
+fn db_error(error: sqlx::Error) -> ApiError {
+    match error {
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+            ApiError::Unavailable {
+                reason: "event database unavailable".into(),
+                retry_after: std::time::Duration::from_secs(1),
+            }
+        }
+        // query_canceled: statement_timeout, i.e. the caller's deadline or
+        // VIGIL_READER_QUERY_TIMEOUT_SECS.
+        sqlx::Error::Database(e) if e.code().as_deref() == Some("57014") => {
+            ApiError::DeadlineExceeded(
+                "the query ran past its deadline and Postgres cancelled it".into(),
+            )
+        }
+        other => ApiError::Internal(other.to_string()),
+    }
+}
+
+fn tenants_param(scope: &TenantScope) -> Option<Vec<String>> {
+    match scope {
+        TenantScope::All => None,
+        TenantScope::Only(t) => Some(t.clone()),
+    }
+}
+
+/// The tenant condition on `$1`: an equality for one tenant (so the
+/// `(tenant, time, ...)` indexes deliver rows in order), `ANY` for several,
+/// nothing for all.
+fn tenant_clause(scope: &TenantScope) -> &'static str {
+    match scope {
+        TenantScope::All => "$1::text[] IS NULL",
+        TenantScope::Only(t) if t.len() == 1 => "tenant = ($1::text[])[1]",
+        TenantScope::Only(_) => "tenant = ANY($1::text[])",
+    }
+}
+
+/// The severity floor as a literal (an integer bounded to 1..=6 by the
+/// request parser), so the planner can use the partial HIGH+ indexes.
+fn severity_clause(min_severity: i32) -> String {
+    match min_severity {
+        n @ 1..=6 => format!("AND severity_id BETWEEN {n} AND 6"),
+        _ => String::new(),
+    }
+}
+
+/// The SQL of `ListEvents`, with `$1` the scope's tenants (`text[]`, NULL
+/// for all), `$2` classes, `$3` device, `$4`/`$5` time range, `$6`/`$7`
+/// keyset position, `$8` limit.
+///
+/// The severity bound is a literal (an integer bounded to 1..=6 by
+/// the request parser) so the planner can use the partial HIGH+ indexes,
+/// and a one-tenant scope is an equality so `(tenant, time, event_id)`
+/// indexes deliver rows in order; everything else is bound.
+pub fn list_sql(min_severity: i32, scope: &TenantScope) -> String {
+    let severity = severity_clause(min_severity);
+    let tenant = tenant_clause(scope);
+    format!(
+        "SELECT payload, time, event_id FROM events
+         WHERE {tenant}
+           {severity}
+           AND (cardinality($2::int4[]) = 0 OR class_uid = ANY($2))
+           AND ($3::text IS NULL OR device = $3)
+           AND ($4::timestamptz IS NULL OR time >= $4)
+           AND ($5::timestamptz IS NULL OR time < $5)
+           AND ($6::timestamptz IS NULL OR (time, event_id) < ($6, $7::uuid))
+         ORDER BY time DESC, event_id DESC
+         LIMIT $8"
+    )
+}
+
+/// Runs a query: newest first by (time, event_id), one page.
+pub async fn list_events(
+    db: &Db,
+    caller: &Caller,
+    deadline: Option<std::time::Duration>,
+    query: &EventQuery,
+) -> Result<ListEventsResponse, ApiError> {
+    let sql = list_sql(query.page.min_severity, &caller.scope);
+    let mut tx = db.begin(caller, deadline).await?;
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(tenants_param(&caller.scope))
+        .bind(&query.class_uids)
+        .bind(&query.source_device)
+        .bind(query.page.start)
+        .bind(query.page.end)
+        .bind(query.page.after.map(|a| a.0))
+        .bind(query.page.after.map(|a| a.1))
+        .bind(i64::from(query.page.limit) + 1)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error)?;
+    tx.commit().await.map_err(db_error)?;
+    let (events, next_page_token) = decode_page::<SecurityEvent, uuid::Uuid>(
+        &rows,
+        &query.page,
+        Keyset {
+            time: "time",
+            id: "event_id",
+            what: "event",
+        },
+        &db.tokens,
+        &caller.name,
+    )?;
+    Ok(ListEventsResponse {
+        events,
+        next_page_token,
+    })
+}
+
+/// The columns a page is ordered by, and what its rows are.
+struct Keyset {
+    time: &'static str,
+    id: &'static str,
+    what: &'static str,
+}
+
+/// Decodes up to `page.limit` rows (the query asked for one more, to know
+/// whether another page follows) and the token of the next page.
+fn decode_page<M, I>(
+    rows: &[sqlx::postgres::PgRow],
+    page: &super::request::Page<I>,
+    keyset: Keyset,
+    tokens: &PageTokens,
+    caller: &str,
+) -> Result<(Vec<M>, String), ApiError>
+where
+    M: Message + Default,
+    I: for<'r> sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres> + std::fmt::Display,
+{
+    let limit = page.limit as usize;
+    let mut items = Vec::with_capacity(rows.len().min(limit));
+    let mut last = None;
+    for row in rows.iter().take(limit) {
+        let payload: Vec<u8> = row.try_get("payload").map_err(db_error)?;
+        let time: DateTime<Utc> = row.try_get(keyset.time).map_err(db_error)?;
+        let id: I = row.try_get(keyset.id).map_err(db_error)?;
+        items.push(
+            M::decode(payload.as_slice())
+                .map_err(|e| ApiError::Internal(format!("stored {} {id}: {e}", keyset.what)))?,
+        );
+        last = Some((time, id));
+    }
+    let next = match (rows.len() > limit, last) {
+        (true, Some((time, id))) => tokens.encode(caller, &page.filters, time, &id.to_string()),
+        _ => String::new(),
+    };
+    Ok((items, next))
+}
+
+/// Findings newest first by (window end, id), one page.
+pub async fn list_findings(
+    db: &Db,
+    caller: &Caller,
+    deadline: Option<std::time::Duration>,
+    query: &FindingQuery,
+) -> Result<ListFindingsResponse, ApiError> {
+    let tenant = tenant_clause(&caller.scope);
+    let severity = severity_clause(query.page.min_severity);
+    let sql = format!(
+        "SELECT payload, window_end, finding_id FROM findings
+         WHERE {tenant}
+           {severity}
+           AND ($2::text IS NULL OR rule_id = $2)
+           AND ($3::timestamptz IS NULL OR window_end >= $3)
+           AND ($4::timestamptz IS NULL OR window_end < $4)
+           AND ($5::timestamptz IS NULL OR (window_end, finding_id) < ($5, $6::text))
+         ORDER BY window_end DESC, finding_id DESC
+         LIMIT $7"
+    );
+    // Audited: only fixed text and an integer bounded to 1..=6 are interpolated.
+    let mut tx = db.begin(caller, deadline).await?;
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(tenants_param(&caller.scope))
+        .bind(&query.rule_id)
+        .bind(query.page.start)
+        .bind(query.page.end)
+        .bind(query.page.after.as_ref().map(|a| a.0))
+        .bind(query.page.after.as_ref().map(|a| a.1.clone()))
+        .bind(i64::from(query.page.limit) + 1)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error)?;
+    tx.commit().await.map_err(db_error)?;
+    let (findings, next_page_token) = decode_page::<Finding, String>(
+        &rows,
+        &query.page,
+        Keyset {
+            time: "window_end",
+            id: "finding_id",
+            what: "finding",
+        },
+        &db.tokens,
+        &caller.name,
+    )?;
+    Ok(ListFindingsResponse {
+        findings,
+        next_page_token,
+    })
+}
+
+/// One finding with its stored contributing events, or NOT_FOUND.
+pub async fn get_finding(
+    db: &Db,
+    caller: &Caller,
+    deadline: Option<std::time::Duration>,
+    request: &GetFindingRequest,
+) -> Result<GetFindingResponse, ApiError> {
+    let id = request.finding_id.as_str();
+    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(ApiError::invalid("finding_id", "not a finding id"));
+    }
+    let mut tx = db.begin(caller, deadline).await?;
+    let row = sqlx::query("SELECT payload FROM findings WHERE finding_id = $1 AND ($2::text[] IS NULL OR tenant = ANY($2)) ORDER BY tenant LIMIT 1")
+        .bind(id)
+        .bind(tenants_param(&caller.scope))
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_error)?
+        .ok_or_else(|| ApiError::NotFound(format!("finding {id}")))?;
+    let payload: Vec<u8> = row.try_get("payload").map_err(db_error)?;
+    let finding = Finding::decode(payload.as_slice())
+        .map_err(|e| ApiError::Internal(format!("stored finding {id}: {e}")))?;
+    let ids: Vec<uuid::Uuid> = finding
+        .event_ids
+        .iter()
+        .filter_map(|i| uuid::Uuid::parse_str(i).ok())
+        .collect();
+    let rows = sqlx::query("SELECT payload FROM events WHERE tenant = $1 AND event_id = ANY($2) ORDER BY time, event_id")
+        .bind(&finding.tenant)
+        .bind(ids)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error)?;
+    tx.commit().await.map_err(db_error)?;
+    let mut events = Vec::with_capacity(rows.len());
+    for row in rows {
+        let payload: Vec<u8> = row.try_get("payload").map_err(db_error)?;
+        events.push(
+            SecurityEvent::decode(payload.as_slice())
+                .map_err(|e| ApiError::Internal(format!("stored event: {e}")))?,
+        );
+    }
+    Ok(GetFindingResponse {
+        finding: Some(finding),
+        events,
+    })
+}
+
+/// One event by id, or NOT_FOUND (also when it is outside the scope).
+pub async fn get_event(
+    db: &Db,
+    caller: &Caller,
+    deadline: Option<std::time::Duration>,
+    request: &GetEventRequest,
+) -> Result<SecurityEvent, ApiError> {
+    let id = uuid::Uuid::parse_str(&request.event_id)
+        .map_err(|_| ApiError::invalid("event_id", "not a UUID"))?;
+    let mut tx = db.begin(caller, deadline).await?;
+    let row = sqlx::query(
+        "SELECT payload FROM events WHERE event_id = $1 AND ($2::text[] IS NULL OR tenant = ANY($2)) ORDER BY tenant LIMIT 1",
+    )
+    .bind(id)
+    .bind(tenants_param(&caller.scope))
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(db_error)?
+    .ok_or_else(|| ApiError::NotFound(format!("event {id}")))?;
+    tx.commit().await.map_err(db_error)?;
+    let payload: Vec<u8> = row.try_get("payload").map_err(db_error)?;
+    SecurityEvent::decode(payload.as_slice())
+        .map_err(|e| ApiError::Internal(format!("stored event {id}: {e}")))
+}
+
+/// The audit trail newest first, for an all-tenants caller (the service
+/// checks the role; row-level security hides every row from anyone else).
+pub async fn list_audit(
+    db: &Db,
+    caller: &Caller,
+    deadline: Option<std::time::Duration>,
+    request: &ListAuditRecordsRequest,
+) -> Result<Vec<AuditRecord>, ApiError> {
+    let mut violations = Vec::new();
+    if request.caller.len() > 256 {
+        violations.push(FieldViolation::new("caller", "at most 256 bytes"));
+    }
+    let before = match request.before_time {
+        0 => None,
+        ms => DateTime::from_timestamp_millis(ms).or_else(|| {
+            violations.push(FieldViolation::new("before_time", "out of range"));
+            None
+        }),
+    };
+    if !violations.is_empty() {
+        return Err(ApiError::InvalidArgument(violations));
+    }
+    let mut tx = db.begin(caller, deadline).await?;
+    let rows = sqlx::query(
+        "SELECT audit_id, time, service, caller, rpc, filter::text AS filter, rows, outcome FROM audit
+         WHERE ($1::text IS NULL OR caller = $1) AND ($2::timestamptz IS NULL OR time < $2)
+         ORDER BY time DESC, audit_id DESC LIMIT $3",
+    )
+    .bind((!request.caller.is_empty()).then_some(request.caller.as_str()))
+    .bind(before)
+    .bind(i64::from(page_limit(request.limit)))
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db_error)?;
+    tx.commit().await.map_err(db_error)?;
+    rows.iter()
+        .map(|row| {
+            let time: DateTime<Utc> = row.try_get("time")?;
+            let id: uuid::Uuid = row.try_get("audit_id")?;
+            let count: i32 = row.try_get("rows")?;
+            Ok(AuditRecord {
+                audit_id: id.to_string(),
+                time: time.timestamp_millis(),
+                service: row.try_get("service")?,
+                caller: row.try_get("caller")?,
+                rpc: row.try_get("rpc")?,
+                filter_json: row.try_get("filter")?,
+                rows: u32::try_from(count).unwrap_or(0),
+                outcome: row.try_get("outcome")?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(db_error)
+}
