@@ -483,64 +483,72 @@ impl Mesh {
             batch_max_messages: 200,
             batch_max_wait_ms: 50,
         };
-        let gateway = launch::<Gateway>(&vigil_gateway::Config {
-            run: run.clone(),
-            edge: edge("gateway"),
-            nats: nats_args("gateway"),
-            pseudonymise: options.pseudonymise.as_ref().map(|p| p.0.clone()),
-            pseudonym_key: options.pseudonymise.as_ref().map(|p| p.1.clone()),
-            max_future_skew_secs: 300,
-            max_event_age_secs: 7 * 24 * 3600,
-            max_batch_events: 1000,
-            publish_timeout_secs: options.publish_timeout_secs,
-        })
-        .await?;
-        let writer = launch::<Writer>(&vigil_writer::Config {
-            run: run.clone(),
-            nats: nats_args("writer"),
-            postgres: PostgresArgs {
-                database_url: proxied("writer"),
-                database_max_connections: 4,
+        let gateway = launch::<Gateway>(
+            &run,
+            &vigil_gateway::Config {
+                edge: edge("gateway"),
+                nats: nats_args("gateway"),
+                pseudonymise: options.pseudonymise.as_ref().map(|p| p.0.clone()),
+                pseudonym_key: options.pseudonymise.as_ref().map(|p| p.1.clone()),
+                max_future_skew_secs: 300,
+                max_event_age_secs: 7 * 24 * 3600,
+                max_batch_events: 1000,
+                publish_timeout_secs: options.publish_timeout_secs,
             },
-            batch: batch.clone(),
-            max_deliveries: options.writer_max_deliveries,
-            retry_base_ms: options.writer_retry_base_ms,
-        })
+        )
         .await?;
-        let reader = launch::<Reader>(&vigil_reader::Config {
-            run: run.clone(),
-            edge: edge("reader"),
-            nats: nats_args("reader"),
-            postgres: PostgresArgs {
-                database_url: proxied("reader"),
-                database_max_connections: 8,
+        let writer = launch::<Writer>(
+            &run,
+            &vigil_writer::Config {
+                nats: nats_args("writer"),
+                postgres: PostgresArgs {
+                    database_url: proxied("writer"),
+                    database_max_connections: 4,
+                },
+                batch: batch.clone(),
+                max_deliveries: options.writer_max_deliveries,
+                retry_base_ms: options.writer_retry_base_ms,
             },
-            page_token_key: None,
-            query_timeout_secs: options.reader_query_timeout_secs,
-            policy: options
-                .policy
-                .clone()
-                .unwrap_or_else(|| workspace_root().join("deploy/policy.toml")),
-        })
+        )
+        .await?;
+        let reader = launch::<Reader>(
+            &run,
+            &vigil_reader::Config {
+                edge: edge("reader"),
+                nats: nats_args("reader"),
+                postgres: PostgresArgs {
+                    database_url: proxied("reader"),
+                    database_max_connections: 8,
+                },
+                page_token_key: None,
+                query_timeout_secs: options.reader_query_timeout_secs,
+                policy: options
+                    .policy
+                    .clone()
+                    .unwrap_or_else(|| workspace_root().join("deploy/policy.toml")),
+            },
+        )
         .await?;
         let mut correlators = Vec::new();
         for partition in 0..options.limits.correlator_partitions {
             correlators.push(
-                launch::<Correlator>(&vigil_correlator::Config {
-                    run: run.clone(),
-                    nats: nats_args("correlator"),
-                    batch: batch.clone(),
-                    rules: options
-                        .rules
-                        .clone()
-                        .unwrap_or_else(|| workspace_root().join("deploy/rules.toml")),
-                    partition,
-                    partitions: options.limits.correlator_partitions,
-                    allowed_lateness_ms: 2_000,
-                    late_retention_secs: 3600,
-                    idle_timeout_ms: 500,
-                    metrics_listen: local,
-                })
+                launch::<Correlator>(
+                    &run,
+                    &vigil_correlator::Config {
+                        nats: nats_args("correlator"),
+                        batch: batch.clone(),
+                        rules: options
+                            .rules
+                            .clone()
+                            .unwrap_or_else(|| workspace_root().join("deploy/rules.toml")),
+                        partition,
+                        partitions: options.limits.correlator_partitions,
+                        allowed_lateness_ms: 2_000,
+                        late_retention_secs: 3600,
+                        idle_timeout_ms: 500,
+                        metrics_listen: local,
+                    },
+                )
                 .await?,
             );
         }

@@ -32,17 +32,25 @@ pub const EXIT_CONFIG: u8 = 64;
 /// Exit code of a failed start-up or a service that stopped with an error.
 pub const EXIT_FAILURE: u8 = 1;
 
-/// A service's settings: the runner's own ([`RunArgs`]), and what they
-/// load into.
+/// A service's own settings, and what they load into.
 pub trait ServiceConfig: Args + Send + Sync {
     /// The settings, validated and loaded (files read, keys parsed).
     type Loaded: Send;
 
-    fn run_args(&self) -> &RunArgs;
-
     /// Validates every setting, naming each bad one, and returns what they
-    /// load into; nothing is read twice.
-    fn load(&self) -> Result<Self::Loaded, InvalidConfig>;
+    /// load into; nothing is read twice. `run` are the runner's settings
+    /// (`insecure_dev` relaxes some checks).
+    fn load(&self, run: &RunArgs) -> Result<Self::Loaded, InvalidConfig>;
+}
+
+/// Everything a service binary reads: the runner's settings and the
+/// service's own.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Settings<C: Args> {
+    #[command(flatten)]
+    pub run: RunArgs,
+    #[command(flatten)]
+    pub service: C,
 }
 
 /// What a service's settings load into.
@@ -117,9 +125,11 @@ pub struct Launched<S: Service> {
 }
 
 /// Steps 3 of the lifecycle: load, bind health, build.
-pub async fn launch<S: Service>(config: &S::Config) -> Result<Launched<S>, LaunchError<S::Error>> {
-    let loaded = config.load()?;
-    let run = config.run_args();
+pub async fn launch<S: Service>(
+    run: &RunArgs,
+    config: &S::Config,
+) -> Result<Launched<S>, LaunchError<S::Error>> {
+    let loaded = config.load(run)?;
     if run.insecure_dev {
         tracing::warn!(
             service = S::NAME,
@@ -206,7 +216,7 @@ impl<S: Service> Launched<S> {
 /// `VIGIL_<NAME>_*` variable, with the service's defaults.
 pub fn command<S: Service>() -> clap::Command {
     Names::new(S::NAME).apply(
-        S::Config::augment_args(
+        Settings::<S::Config>::augment_args(
             clap::Command::new(format!("vigil-{}", S::NAME))
                 .version(env!("CARGO_PKG_VERSION"))
                 .about(S::ABOUT),
@@ -219,7 +229,7 @@ pub fn command<S: Service>() -> clap::Command {
 pub fn run<S: Service>() -> ExitCode {
     let config = match command::<S>()
         .try_get_matches()
-        .and_then(|m| S::Config::from_arg_matches(&m))
+        .and_then(|m| Settings::<S::Config>::from_arg_matches(&m))
     {
         Ok(config) => config,
         Err(e) if !e.use_stderr() => {
@@ -244,7 +254,7 @@ pub fn run<S: Service>() -> ExitCode {
     };
     runtime.block_on(async {
         crate::telemetry::init(S::NAME);
-        let launched = match launch::<S>(&config).await {
+        let launched = match launch::<S>(&config.run, &config.service).await {
             Ok(l) => l,
             Err(LaunchError::Config(e)) => {
                 // Every bad setting, by name.

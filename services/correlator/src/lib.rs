@@ -45,8 +45,6 @@ const NAMES: Names = Names::new("correlator");
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     #[command(flatten)]
-    pub run: RunArgs,
-    #[command(flatten)]
     pub nats: NatsArgs,
     #[command(flatten)]
     pub batch: BatchArgs,
@@ -89,12 +87,8 @@ pub struct Loaded {
 impl ServiceConfig for Config {
     type Loaded = Loaded;
 
-    fn run_args(&self) -> &RunArgs {
-        &self.run
-    }
-
     /// Checks every setting, naming each bad one, and loads them.
-    fn load(&self) -> Result<Loaded, InvalidConfig> {
+    fn load(&self, _run: &RunArgs) -> Result<Loaded, InvalidConfig> {
         let mut errors = ConfigErrors::new();
         let nats = self.nats.load(NAMES, &mut errors);
         let batching = self.batch.load(NAMES, &mut errors);

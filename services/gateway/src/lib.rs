@@ -35,8 +35,6 @@ const NAMES: Names = Names::new("gateway");
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     #[command(flatten)]
-    pub run: RunArgs,
-    #[command(flatten)]
     pub edge: EdgeArgs,
     #[command(flatten)]
     pub nats: NatsArgs,
@@ -76,14 +74,10 @@ pub struct Loaded {
 impl ServiceConfig for Config {
     type Loaded = Loaded;
 
-    fn run_args(&self) -> &RunArgs {
-        &self.run
-    }
-
     /// Checks every setting, naming each bad one, and loads them.
-    fn load(&self) -> Result<Loaded, InvalidConfig> {
+    fn load(&self, run: &RunArgs) -> Result<Loaded, InvalidConfig> {
         let mut errors = ConfigErrors::new();
-        let edge = self.edge.load(NAMES, self.run.insecure_dev, &mut errors);
+        let edge = self.edge.load(NAMES, run.insecure_dev, &mut errors);
         let nats = self.nats.load(NAMES, &mut errors);
         if !(1..=10_000).contains(&self.max_batch_events) {
             errors.add(&NAMES.env("MAX_BATCH_EVENTS"), "must be 1 to 10000");

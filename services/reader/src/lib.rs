@@ -41,8 +41,6 @@ pub const POLICY_CHECK: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     #[command(flatten)]
-    pub run: RunArgs,
-    #[command(flatten)]
     pub edge: EdgeArgs,
     #[command(flatten)]
     pub nats: NatsArgs,
@@ -76,14 +74,10 @@ pub struct Loaded {
 impl ServiceConfig for Config {
     type Loaded = Loaded;
 
-    fn run_args(&self) -> &RunArgs {
-        &self.run
-    }
-
     /// Checks every setting, naming each bad one, and loads them.
-    fn load(&self) -> Result<Loaded, InvalidConfig> {
+    fn load(&self, run: &RunArgs) -> Result<Loaded, InvalidConfig> {
         let mut errors = ConfigErrors::new();
-        let insecure = self.run.insecure_dev;
+        let insecure = run.insecure_dev;
         let edge = self.edge.load(NAMES, insecure, &mut errors);
         let nats = self.nats.load(NAMES, &mut errors);
         let postgres = self.postgres.load(NAMES, insecure, &mut errors);

@@ -39,8 +39,6 @@ const NAMES: Names = Names::new("writer");
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     #[command(flatten)]
-    pub run: RunArgs,
-    #[command(flatten)]
     pub nats: NatsArgs,
     #[command(flatten)]
     pub postgres: PostgresArgs,
@@ -67,17 +65,11 @@ pub struct Loaded {
 impl ServiceConfig for Config {
     type Loaded = Loaded;
 
-    fn run_args(&self) -> &RunArgs {
-        &self.run
-    }
-
     /// Checks every setting, naming each bad one, and loads them.
-    fn load(&self) -> Result<Loaded, InvalidConfig> {
+    fn load(&self, run: &RunArgs) -> Result<Loaded, InvalidConfig> {
         let mut errors = ConfigErrors::new();
         let nats = self.nats.load(NAMES, &mut errors);
-        let postgres = self
-            .postgres
-            .load(NAMES, self.run.insecure_dev, &mut errors);
+        let postgres = self.postgres.load(NAMES, run.insecure_dev, &mut errors);
         let batching = self.batch.load(NAMES, &mut errors);
         if !(1..=100).contains(&self.max_deliveries) {
             errors.add(&NAMES.env("MAX_DELIVERIES"), "must be 1 to 100");
