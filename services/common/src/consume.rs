@@ -107,9 +107,9 @@ async fn subscribe(
 
 /// Completes a batch that starts with `first`: takes more messages from
 /// `messages` until the batch is full or `max_wait` has passed.
-async fn fill_batch<S, E>(first: Message, messages: &mut S, batching: Batching) -> Vec<Message>
+async fn fill_batch<T, S, E>(first: T, messages: &mut S, batching: Batching) -> Vec<T>
 where
-    S: futures::Stream<Item = Result<Message, E>> + Unpin,
+    S: futures::Stream<Item = Result<T, E>> + Unpin,
     E: std::fmt::Display,
 {
     let mut batch = vec![first];
@@ -122,4 +122,52 @@ where
         }
     }
     batch
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::convert::Infallible;
+
+    fn batching(max_messages: usize, max_wait_ms: u64) -> Batching {
+        Batching {
+            max_messages,
+            max_wait: Duration::from_millis(max_wait_ms),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_closes_when_full() {
+        let mut rest = futures::stream::iter((2..10).map(Ok::<_, Infallible>));
+        let batch = fill_batch(1, &mut rest, batching(4, 100)).await;
+        assert_eq!(batch, vec![1, 2, 3, 4]);
+        // What was not taken stays for the next batch.
+        assert_eq!(rest.next().await.map(Result::ok), Some(Some(5)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_closes_when_its_first_message_is_max_wait_old() {
+        // Messages every 30 ms: a 100 ms batch takes the first and three more.
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            for n in 2..20 {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                if tx.send(Ok::<_, Infallible>(n)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut rest = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let start = tokio::time::Instant::now();
+        let batch = fill_batch(1, &mut rest, batching(1000, 100)).await;
+        assert_eq!(batch, vec![1, 2, 3, 4]);
+        assert_eq!(start.elapsed(), Duration::from_millis(100));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ended_stream_closes_the_batch_at_once() {
+        let mut rest = futures::stream::iter([Ok::<_, &str>(2), Err("gap"), Ok(3)]);
+        let batch = fill_batch(1, &mut rest, batching(10, 100)).await;
+        assert_eq!(batch, vec![1, 2, 3], "an error item is skipped, not fatal");
+    }
 }

@@ -219,9 +219,52 @@ pub fn reflection() -> Option<
         .ok()
 }
 
+/// An [`Edge`] with its listener bound: what the gateway and the reader
+/// each hold until they serve.
+pub struct BoundEdge {
+    listener: TcpListener,
+    edge: Edge,
+}
+
+impl BoundEdge {
+    /// Binds the edge's listen address (port 0 picks a free one).
+    pub async fn bind(edge: Edge) -> Result<Self, crate::service::BindError> {
+        let listener = crate::service::bind(edge.listen).await?;
+        Ok(Self { listener, edge })
+    }
+
+    /// `[("grpc", address)]`, for [`crate::service::Service::addresses`].
+    pub fn addresses(&self) -> Vec<(&'static str, std::net::SocketAddr)> {
+        self.listener
+            .local_addr()
+            .map(|a| vec![("grpc", a)])
+            .unwrap_or_default()
+    }
+
+    /// The listener's TLS material, with its reload counters.
+    pub fn tls(&self) -> Arc<ServerTls> {
+        self.edge.tls.clone()
+    }
+
+    /// A server with the call pipeline in front (see [`server`]).
+    pub fn server(&self, limits: ServerLimits) -> VigilServer {
+        server(limits, &self.edge)
+    }
+
+    /// Serves `router` until `shutdown`, then drains in-flight calls for
+    /// at most the grace period.
+    pub async fn serve(
+        self,
+        router: Router<Stack<EdgeLayers, NoLayer>>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), tonic::transport::Error> {
+        serve_mtls(router, self.listener, &self.edge, shutdown).await
+    }
+}
+
 /// Serves `router` on `listener` behind `edge` until `shutdown`, then
 /// drains in-flight calls for at most the grace period.
-pub async fn serve_mtls(
+async fn serve_mtls(
     router: Router<Stack<EdgeLayers, NoLayer>>,
     listener: TcpListener,
     edge: &Edge,

@@ -20,10 +20,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use vigil_common::config::{ConfigErrors, InvalidConfig, NatsSettings};
-use vigil_common::grpc::{Edge, ServerLimits};
+use vigil_common::grpc::{BoundEdge, Edge, ServerLimits};
 use vigil_common::readiness::Readiness;
 use vigil_common::service::{BindError, Service, ServiceConfig};
 use vigil_common::settings::{EdgeArgs, Names, NatsArgs, RunArgs, key};
@@ -140,8 +139,7 @@ pub enum GatewayError {
 
 /// A gateway with its socket bound and NATS connected, not yet serving.
 pub struct Gateway {
-    listener: TcpListener,
-    edge: Edge,
+    edge: BoundEdge,
     nats: async_nats::Client,
     api: service::IngestApi,
 }
@@ -157,7 +155,7 @@ const LIMITS: ServerLimits = ServerLimits {
 impl Gateway {
     /// The listener's TLS material, with its reload counters.
     pub fn tls(&self) -> std::sync::Arc<vigil_common::tls::ServerTls> {
-        self.edge.tls.clone()
+        self.edge.tls()
     }
 }
 
@@ -175,7 +173,7 @@ impl Service for Gateway {
     type Error = GatewayError;
 
     async fn build(loaded: Loaded, readiness: &Readiness) -> Result<Self, GatewayError> {
-        let listener = vigil_common::service::bind(loaded.edge.listen).await?;
+        let edge = BoundEdge::bind(loaded.edge).await?;
         // Ready only while connected to NATS: a publish could not be made
         // durable otherwise.
         let nats =
@@ -189,19 +187,11 @@ impl Service for Gateway {
             loaded.publish_timeout,
             loaded.pseudonymiser,
         );
-        Ok(Gateway {
-            listener,
-            edge: loaded.edge,
-            nats,
-            api,
-        })
+        Ok(Gateway { edge, nats, api })
     }
 
     fn addresses(&self) -> Vec<(&'static str, SocketAddr)> {
-        self.listener
-            .local_addr()
-            .map(|a| vec![("grpc", a)])
-            .unwrap_or_default()
+        self.edge.addresses()
     }
 
     /// Serves until `shutdown`: then stops accepting, lets in-flight calls
@@ -210,10 +200,12 @@ impl Service for Gateway {
         let ingest = IngestServiceServer::new(self.api)
             // Room for a full batch of maximal events, and no more.
             .max_decoding_message_size(16 * 1024 * 1024);
-        let router = vigil_common::grpc::server(LIMITS, &self.edge)
+        let router = self
+            .edge
+            .server(LIMITS)
             .add_service(ingest)
             .add_optional_service(vigil_common::grpc::reflection());
-        vigil_common::grpc::serve_mtls(router, self.listener, &self.edge, &shutdown).await?;
+        self.edge.serve(router, &shutdown).await?;
         vigil_common::nats::flush_within(&self.nats, vigil_common::shutdown::FLUSH_LIMIT).await;
         Ok(())
     }

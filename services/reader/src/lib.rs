@@ -20,16 +20,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use vigil_common::config::{ConfigErrors, InvalidConfig, NatsSettings};
-use vigil_common::grpc::{Edge, ServerLimits};
+use vigil_common::grpc::{BoundEdge, Edge, ServerLimits};
 use vigil_common::policy::{LivePolicy, Policy};
 use vigil_common::postgres::PostgresSettings;
 use vigil_common::readiness::Readiness;
 use vigil_common::service::{BindError, Service, ServiceConfig};
 use vigil_common::settings::{EdgeArgs, Names, NatsArgs, PostgresArgs, RunArgs, key};
-use vigil_common::tls::ServerTls;
 use vigil_proto::query::v1::query_service_server::QueryServiceServer;
 
 const NAMES: Names = Names::new("reader");
@@ -137,8 +135,7 @@ pub enum ReaderError {
 }
 
 pub struct Reader {
-    listener: TcpListener,
-    edge: Edge,
+    edge: BoundEdge,
     db: Arc<query::Db>,
     nats: async_nats::Client,
     policy: LivePolicy,
@@ -160,8 +157,8 @@ impl Reader {
     }
 
     /// The listener's TLS material, with its reload counters.
-    pub fn tls(&self) -> Arc<ServerTls> {
-        self.edge.tls.clone()
+    pub fn tls(&self) -> std::sync::Arc<vigil_common::tls::ServerTls> {
+        self.edge.tls()
     }
 }
 
@@ -178,7 +175,7 @@ impl Service for Reader {
     type Error = ReaderError;
 
     async fn build(loaded: Loaded, readiness: &Readiness) -> Result<Self, ReaderError> {
-        let listener = vigil_common::service::bind(loaded.edge.listen).await?;
+        let edge = BoundEdge::bind(loaded.edge).await?;
         let timeout_ms = loaded.query_timeout.as_millis().to_string();
         // Postgres itself cancels a query that runs too long.
         let probes = CancellationToken::new();
@@ -192,8 +189,7 @@ impl Service for Reader {
         let nats =
             vigil_common::nats::connect_ready(&loaded.nats, "vigil-reader", readiness).await?;
         Ok(Reader {
-            listener,
-            edge: loaded.edge,
+            edge,
             db: Arc::new(query::Db {
                 pool,
                 tokens: loaded.tokens,
@@ -207,10 +203,7 @@ impl Service for Reader {
     }
 
     fn addresses(&self) -> Vec<(&'static str, SocketAddr)> {
-        self.listener
-            .local_addr()
-            .map(|a| vec![("grpc", a)])
-            .unwrap_or_default()
+        self.edge.addresses()
     }
 
     async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), ReaderError> {
@@ -223,14 +216,16 @@ impl Service for Reader {
             audit.clone(),
             shutdown.clone(),
         ));
-        let router = vigil_common::grpc::server(LIMITS, &self.edge)
+        let router = self
+            .edge
+            .server(LIMITS)
             .add_service(QueryServiceServer::new(service::QueryApi::new(
                 self.db.clone(),
                 self.policy.clone(),
                 audit,
             )))
             .add_optional_service(vigil_common::grpc::reflection());
-        vigil_common::grpc::serve_mtls(router, self.listener, &self.edge, &shutdown).await?;
+        self.edge.serve(router, &shutdown).await?;
         match nats_task.await {
             Ok(Err(error)) => tracing::warn!(%error, "query.events responder failed"),
             Err(error) => tracing::warn!(%error, "query.events responder panicked"),
