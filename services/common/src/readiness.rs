@@ -35,6 +35,9 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 struct State {
     /// Each declared dependency and whether it is up.
     dependencies: BTreeMap<&'static str, bool>,
+    /// Dependencies that have reported at least once (the first report,
+    /// at start-up, is not news).
+    reported: std::collections::BTreeSet<&'static str>,
     running: bool,
     stopping: bool,
 }
@@ -143,19 +146,24 @@ impl Readiness {
             .reporter
             .set_service_status(self.inner.service, status)
             .await;
-        if applied.is_some() || !serving {
+        if applied.is_some() {
             tracing::info!(service = self.inner.service, serving, down = ?self.down(), "readiness changed");
         }
         *applied = Some(serving);
     }
 
     fn set(&self, name: &'static str, up: bool) {
-        let changed = self.with_state(|s| {
+        let (changed, quiet) = self.with_state(|s| {
             let slot = s.dependencies.entry(name).or_insert(!up);
-            std::mem::replace(slot, up) != up
+            let changed = std::mem::replace(slot, up) != up;
+            let first = s.reported.insert(name);
+            (changed, s.stopping || first)
         });
         if changed {
-            if up {
+            if quiet {
+                // Start-up, or connections closing as the service stops.
+                tracing::debug!(dependency = name, up, "dependency reported");
+            } else if up {
                 tracing::info!(dependency = name, "dependency is back");
             } else {
                 tracing::warn!(dependency = name, "dependency lost");
