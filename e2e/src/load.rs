@@ -105,7 +105,7 @@ pub async fn run(
                         vigil_client::events::sample(kind, &mut rng, now)
                     })
                     .collect();
-                let ids: Vec<String> = batch.iter().map(|e| e.event_id.clone()).collect();
+                let ids: Vec<String> = batch.iter().map(|e| e.uid().to_owned()).collect();
                 let outcome = match client.publish(batch).await {
                     Ok(r) => {
                         anyhow::ensure!(

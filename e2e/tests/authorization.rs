@@ -53,16 +53,28 @@ async fn publish_findings(mesh: &Mesh, tenant: &str, n: usize) -> anyhow::Result
     let mut ids = Vec::new();
     for i in 0..n {
         let id = format!("{:032x}", rand::random::<u128>());
+        let rule = ["brute-force", "port-scan"][i % 2];
         let finding = Finding {
-            finding_id: id.clone(),
             activity_id: 1,
-            version: 1,
-            rule_id: ["brute-force", "port-scan"][i % 2].into(),
-            title: "test finding".into(),
             severity_id: (3 + (i % 3)) as i32,
-            tenant: tenant.into(),
-            window_start: now - 60_000 * (i as i64 + 1),
-            window_end: now - 60_000 * i as i64,
+            metadata: Some(vigil_proto::event::v1::Metadata {
+                uid: format!("{id}-v1"),
+                tenant_uid: tenant.into(),
+                sequence: 1,
+                ..Default::default()
+            }),
+            finding_info: Some(vigil_proto::finding::v1::FindingInfo {
+                uid: id.clone(),
+                title: "test finding".into(),
+                analytic: Some(vigil_proto::finding::v1::Analytic {
+                    uid: rule.into(),
+                    name: rule.into(),
+                    type_id: 1,
+                }),
+                ..Default::default()
+            }),
+            start_time: now - 60_000 * (i as i64 + 1),
+            end_time: now - 60_000 * i as i64,
             count: 5,
             time: now,
             class_uid: 2004,
@@ -70,7 +82,7 @@ async fn publish_findings(mesh: &Mesh, tenant: &str, n: usize) -> anyhow::Result
             type_uid: 200401,
             ..Default::default()
         };
-        let subject = vigil_common::subjects::findings_subject(tenant, &finding.rule_id);
+        let subject = vigil_common::subjects::findings_subject(tenant, finding.rule_id());
         js.publish(subject, finding.encode_to_vec().into())
             .await?
             .await?;
@@ -108,7 +120,7 @@ async fn role_matrix_every_identity_times_every_rpc() -> anyhow::Result<()> {
     let mesh = Mesh::start().await?;
     let mut device = mesh.device("acme", "cam-01").await?;
     let seeded = events(3);
-    let event_id = seeded[0].event_id.clone();
+    let event_id = seeded[0].uid().to_owned();
     device.publish(PublishRequest { events: seeded }).await?;
     let finding_id = publish_findings(&mesh, "acme", 1).await?.remove(0);
     mesh.wait_for_events(3).await?;
@@ -231,9 +243,9 @@ async fn a_tenant_never_sees_another_tenants_rows_in_1000_random_queries() -> an
     let mut all_event_ids: Vec<String> = acme_events
         .iter()
         .chain(&globex_events)
-        .map(|e| e.event_id.clone())
+        .map(|e| e.uid().to_owned())
         .collect();
-    let globex_ids: HashSet<String> = globex_events.iter().map(|e| e.event_id.clone()).collect();
+    let globex_ids: HashSet<String> = globex_events.iter().map(|e| e.uid().to_owned()).collect();
     acme.publish(PublishRequest {
         events: acme_events,
     })
@@ -283,9 +295,9 @@ async fn a_tenant_never_sees_another_tenants_rows_in_1000_random_queries() -> an
                     Err(s) => anyhow::bail!("ListEvents: {s}"),
                 };
                 for e in &response.events {
-                    let tenant = e.metadata.as_ref().map(|m| m.tenant.as_str());
-                    assert_eq!(tenant, Some("acme"), "query {i} leaked {}", e.event_id);
-                    assert!(!globex_ids.contains(&e.event_id));
+                    let tenant = e.metadata.as_ref().map(|m| m.tenant_uid.as_str());
+                    assert_eq!(tenant, Some("acme"), "query {i} leaked {}", e.uid());
+                    assert!(!globex_ids.contains(e.uid()));
                 }
                 rows_seen += response.events.len();
                 if rng.random_bool(0.5) {
@@ -303,7 +315,7 @@ async fn a_tenant_never_sees_another_tenants_rows_in_1000_random_queries() -> an
                     Ok(r) => {
                         let e = r.into_inner().event.unwrap_or_default();
                         assert!(!globex_ids.contains(&id), "GetEvent leaked {id}");
-                        assert_eq!(e.metadata.map(|m| m.tenant).as_deref(), Some("acme"));
+                        assert_eq!(e.metadata.map(|m| m.tenant_uid).as_deref(), Some("acme"));
                         rows_seen += 1;
                     }
                     Err(s) => {
@@ -326,7 +338,7 @@ async fn a_tenant_never_sees_another_tenants_rows_in_1000_random_queries() -> an
                 };
                 let response = analyst.list_findings(request).await?.into_inner();
                 for f in &response.findings {
-                    assert_eq!(f.tenant, "acme", "query {i} leaked {}", f.finding_id);
+                    assert_eq!(f.tenant_uid(), "acme", "query {i} leaked {}", f.uid());
                 }
                 rows_seen += response.findings.len();
             }
@@ -341,7 +353,7 @@ async fn a_tenant_never_sees_another_tenants_rows_in_1000_random_queries() -> an
                     Ok(r) => {
                         let r = r.into_inner();
                         assert!(!globex_findings.contains(&id), "GetFinding leaked {id}");
-                        assert_eq!(r.finding.map(|f| f.tenant).as_deref(), Some("acme"));
+                        assert_eq!(r.finding.as_ref().map(|f| f.tenant_uid()), Some("acme"));
                         rows_seen += 1;
                     }
                     Err(s) => {

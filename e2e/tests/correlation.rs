@@ -61,9 +61,9 @@ async fn run_scenario(mesh: &Mesh) -> anyhow::Result<()> {
             page.into_iter()
                 .map(|f| {
                     (
-                        f.tenant,
-                        f.rule_id,
-                        f.group_key
+                        f.tenant_uid().to_owned(),
+                        f.rule_id().to_owned(),
+                        f.observables
                             .iter()
                             .map(|k| k.value.clone())
                             .collect::<Vec<_>>()
@@ -113,7 +113,7 @@ async fn run_scenario(mesh: &Mesh) -> anyhow::Result<()> {
                 (f.class_uid, f.category_uid, f.type_uid),
                 (2004, 2, 200_400 + i64::from(f.activity_id))
             );
-            f.finding_id
+            f.uid().to_owned()
         }));
         if page.next_page_token.is_empty() {
             break;
@@ -132,7 +132,7 @@ async fn run_scenario(mesh: &Mesh) -> anyhow::Result<()> {
         })
         .await?
         .into_inner();
-    let id = first.findings[0].finding_id.clone();
+    let id = first.findings[0].uid().to_owned();
     let detail = analyst
         .get_finding(GetFindingRequest { finding_id: id })
         .await?

@@ -276,14 +276,16 @@ async fn nats_clients_query_events_and_see_what_grpc_sees() -> anyhow::Result<()
         &mut rng,
         vigil_common::now_millis(),
     );
-    let id = one.event_id.clone();
+    let id = one.uid().to_owned();
     device.publish(PublishRequest { events: vec![one] }).await?;
     let message = tokio::time::timeout(Duration::from_secs(5), live.next())
         .await?
         .ok_or_else(|| anyhow::anyhow!("no live event"))?;
     assert_eq!(message.subject.as_str(), "events.acme.1001");
     assert_eq!(
-        EventBatch::decode(message.payload.as_ref())?.events[0].event_id,
+        EventBatch::decode(message.payload.as_ref())?.events[0]
+            .uid()
+            .to_owned(),
         id
     );
     mesh.stop().await;

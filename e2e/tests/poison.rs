@@ -75,7 +75,7 @@ async fn poison_goes_to_the_dlq_and_a_fixed_one_replays_once() -> anyhow::Result
                 e
             })
             .collect();
-        quarantined.extend(events.iter().map(|e| e.event_id.clone()));
+        quarantined.extend(events.iter().map(|e| e.uid().to_owned()));
         assert_eq!(
             device
                 .publish(PublishRequest { events })

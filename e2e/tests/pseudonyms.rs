@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use vigil_e2e::{Mesh, MeshOptions, wait_until};
-use vigil_proto::event::v1::{Actor, NetworkEndpoint, SecurityEvent, User};
+use vigil_proto::event::v1::{NetworkEndpoint, SecurityEvent, User};
 use vigil_proto::ingest::v1::PublishRequest;
 use vigil_proto::query::v1::{ListEventsRequest, ListFindingsRequest};
 
@@ -25,11 +25,8 @@ fn attack() -> Vec<SecurityEvent> {
                 &mut rng,
                 start + i * 1000,
             );
-            e.actor = Some(Actor {
-                user: Some(User {
-                    name: USER.into(),
-                    ..Default::default()
-                }),
+            e.user = Some(User {
+                name: USER.into(),
                 ..Default::default()
             });
             e.src_endpoint = Some(NetworkEndpoint {
@@ -54,7 +51,7 @@ async fn chosen_fields_are_pseudonymised_before_anything_is_stored() -> anyhow::
     let key = dir.path().join("pseudonym.key");
     std::fs::write(
         &config,
-        "[tenant.globex]\nfields = [\"actor.user.name\", \"src_endpoint.ip\"]\n",
+        "[tenant.globex]\nfields = [\"user.name\", \"src_endpoint.ip\"]\n",
     )?;
     std::fs::write(&key, rand::random::<[u8; 32]>())?;
     let mesh = Mesh::start_with(MeshOptions {
@@ -106,7 +103,7 @@ async fn chosen_fields_are_pseudonymised_before_anything_is_stored() -> anyhow::
     let names: std::collections::HashSet<String> = listed
         .events
         .iter()
-        .filter_map(|e| e.actor.as_ref()?.user.as_ref().map(|u| u.name.clone()))
+        .filter_map(|e| e.user.as_ref().map(|u| u.name.clone()))
         .collect();
     assert_eq!(names.len(), 1);
     assert!(names.iter().all(|n| n.starts_with("ps_")), "{names:?}");
@@ -136,8 +133,8 @@ async fn chosen_fields_are_pseudonymised_before_anything_is_stored() -> anyhow::
         .into_inner()
         .findings;
     for f in findings {
-        let key: Vec<&str> = f.group_key.iter().map(|k| k.value.as_str()).collect();
-        if f.tenant == "globex" {
+        let key: Vec<&str> = f.observables.iter().map(|k| k.value.as_str()).collect();
+        if f.tenant_uid() == "globex" {
             assert!(key.iter().all(|v| v.starts_with("ps_")), "{key:?}");
         } else {
             assert_eq!(key, [IP]);

@@ -17,11 +17,8 @@ fn failures(ip: &str, n: usize, time: i64) -> Vec<vigil_proto::event::v1::Securi
                 time + i as i64,
             );
             e.status_id = 2;
-            e.actor = Some(vigil_proto::event::v1::Actor {
-                user: Some(vigil_proto::event::v1::User {
-                    name: format!("u{i}-{ip}"),
-                    ..Default::default()
-                }),
+            e.user = Some(vigil_proto::event::v1::User {
+                name: format!("u{i}-{ip}"),
                 ..Default::default()
             });
             e.src_endpoint = Some(vigil_proto::event::v1::NetworkEndpoint {

@@ -34,7 +34,7 @@ async fn tenants_seen(
     let mut tenants: Vec<String> = page
         .events
         .iter()
-        .filter_map(|e| e.metadata.as_ref().map(|m| m.tenant.clone()))
+        .filter_map(|e| e.metadata.as_ref().map(|m| m.tenant_uid.clone()))
         .collect();
     tenants.sort();
     tenants.dedup();
@@ -74,13 +74,13 @@ async fn analysts_see_only_their_granted_tenants() -> anyhow::Result<()> {
     assert_eq!(tenants_seen(&mut acme_analyst).await?, ["acme"]);
     let own = acme_analyst
         .get_event(GetEventRequest {
-            event_id: acme[0].event_id.clone(),
+            event_id: acme[0].uid().to_owned(),
         })
         .await;
     assert!(own.is_ok());
     let foreign = acme_analyst
         .get_event(GetEventRequest {
-            event_id: globex[0].event_id.clone(),
+            event_id: globex[0].uid().to_owned(),
         })
         .await;
     let missing = acme_analyst

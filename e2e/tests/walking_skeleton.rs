@@ -33,8 +33,8 @@ fn is_high(e: &SecurityEvent) -> bool {
 
 /// Newest first, ties broken by event id, as the reader orders.
 fn newest_first(mut events: Vec<SecurityEvent>) -> Vec<String> {
-    events.sort_by(|a, b| (b.time, &b.event_id).cmp(&(a.time, &a.event_id)));
-    events.into_iter().map(|e| e.event_id).collect()
+    events.sort_by(|a, b| (b.time, b.uid()).cmp(&(a.time, a.uid())));
+    events.iter().map(|e| e.uid().to_owned()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -95,12 +95,12 @@ async fn thousand_events_from_two_tenants_land_once_and_page_newest_first() -> a
         })
         .await?
         .into_inner();
-    let ids: Vec<String> = top.events.iter().map(|e| e.event_id.clone()).collect();
+    let ids: Vec<String> = top.events.iter().map(|e| e.uid().to_owned()).collect();
     assert_eq!(ids, expected_high[..10]);
     let first = &top.events[0];
     let meta = first.metadata.clone().unwrap_or_default();
     assert!(
-        !meta.tenant.is_empty() && !meta.device.is_empty() && meta.ingest_time > 0,
+        !meta.tenant_uid.is_empty() && !first.device_uid().is_empty() && meta.logged_time > 0,
         "{meta:?}"
     );
 
@@ -119,7 +119,7 @@ async fn thousand_events_from_two_tenants_land_once_and_page_newest_first() -> a
             .await?
             .into_inner();
         assert!(page.events.len() <= 37);
-        paged.extend(page.events.into_iter().map(|e| e.event_id));
+        paged.extend(page.events.iter().map(|e| e.uid().to_owned()));
         if page.next_page_token.is_empty() {
             break;
         }
@@ -139,15 +139,17 @@ async fn thousand_events_from_two_tenants_land_once_and_page_newest_first() -> a
         .into_inner();
     let expected_auth = globex_events.iter().filter(|e| e.class_uid == 3002).count();
     assert_eq!(auth.events.len(), expected_auth);
-    assert!(auth.events.iter().all(
-        |e| e.class_uid == 3002 && e.metadata.as_ref().is_some_and(|m| m.device == "sensor-01")
-    ));
+    assert!(
+        auth.events
+            .iter()
+            .all(|e| e.class_uid == 3002 && e.device_uid() == "sensor-01")
+    );
 
     // GetEvent returns the event with every field the device sent.
     let sent = &acme_events[7];
     let got = analyst
         .get_event(GetEventRequest {
-            event_id: sent.event_id.clone(),
+            event_id: sent.uid().to_owned(),
         })
         .await?
         .into_inner()
@@ -237,7 +239,7 @@ async fn mixed_batch_accepts_the_valid_events_and_names_each_invalid_field() -> 
     batch[2].class_uid = 0;
     batch[3].time = vigil_common::now_millis() + 365 * 24 * 3600 * 1000;
     batch[4].metadata = Some(Metadata {
-        tenant: "globex".into(),
+        tenant_uid: "globex".into(),
         ..batch[4].metadata.clone().unwrap_or_default()
     });
     let r = device
@@ -260,20 +262,20 @@ async fn mixed_batch_accepts_the_valid_events_and_names_each_invalid_field() -> 
                 1,
                 "severity_id".to_owned(),
                 invalid,
-                batch[1].event_id.clone()
+                batch[1].uid().to_owned()
             ),
             (
                 2,
                 "class_uid".to_owned(),
                 invalid,
-                batch[2].event_id.clone()
+                batch[2].uid().to_owned()
             ),
-            (3, "time".to_owned(), invalid, batch[3].event_id.clone()),
+            (3, "time".to_owned(), invalid, batch[3].uid().to_owned()),
             (
                 4,
-                "metadata.tenant".to_owned(),
+                "metadata.tenant_uid".to_owned(),
                 RejectionCode::PermissionDenied as i32,
-                batch[4].event_id.clone()
+                batch[4].uid().to_owned()
             ),
         ]
     );
@@ -289,7 +291,7 @@ async fn mixed_batch_accepts_the_valid_events_and_names_each_invalid_field() -> 
             .collect();
     assert_eq!(
         stored,
-        HashSet::from([batch[0].event_id.clone(), batch[5].event_id.clone()])
+        HashSet::from([batch[0].uid().to_owned(), batch[5].uid().to_owned()])
     );
 
     // Too many events in one request is refused as a whole.

@@ -38,3 +38,62 @@ pub mod query {
 
 /// Encoded `FileDescriptorSet` of every vigil package, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("vigil_descriptor");
+
+impl event::v1::SecurityEvent {
+    /// The event's identity, OCSF `metadata.uid` (empty without metadata).
+    pub fn uid(&self) -> &str {
+        self.metadata.as_ref().map_or("", |m| m.uid.as_str())
+    }
+
+    /// The tenant the gateway bound the event to, `metadata.tenant_uid`.
+    pub fn tenant_uid(&self) -> &str {
+        self.metadata.as_ref().map_or("", |m| m.tenant_uid.as_str())
+    }
+
+    /// The reporting device's id, `device.uid`.
+    pub fn device_uid(&self) -> &str {
+        self.device.as_ref().map_or("", |d| d.uid.as_str())
+    }
+}
+
+impl finding::v1::Finding {
+    /// The finding's identity, OCSF `finding_info.uid`.
+    pub fn uid(&self) -> &str {
+        self.finding_info.as_ref().map_or("", |f| f.uid.as_str())
+    }
+
+    /// The rule that found it, `finding_info.analytic.uid`.
+    pub fn rule_id(&self) -> &str {
+        self.finding_info
+            .as_ref()
+            .and_then(|f| f.analytic.as_ref())
+            .map_or("", |a| a.uid.as_str())
+    }
+
+    /// The tenant it belongs to, `metadata.tenant_uid`.
+    pub fn tenant_uid(&self) -> &str {
+        self.metadata.as_ref().map_or("", |m| m.tenant_uid.as_str())
+    }
+
+    /// Which version of the finding this is, `metadata.sequence`.
+    pub fn version(&self) -> i32 {
+        self.metadata.as_ref().map_or(0, |m| m.sequence)
+    }
+
+    /// The first ATT&CK technique, `finding_info.attacks[0].technique.uid`.
+    pub fn technique(&self) -> &str {
+        self.finding_info
+            .as_ref()
+            .and_then(|f| f.attacks.first())
+            .and_then(|a| a.technique.as_ref())
+            .map_or("", |t| t.uid.as_str())
+    }
+
+    /// The contributing events' uids, `finding_info.related_events[].uid`.
+    pub fn related_event_uids(&self) -> Vec<&str> {
+        self.finding_info
+            .as_ref()
+            .map(|f| f.related_events.iter().map(|e| e.uid.as_str()).collect())
+            .unwrap_or_default()
+    }
+}

@@ -20,11 +20,11 @@ pub fn event_json(e: &SecurityEvent) -> Value {
             .map(|ep| json!({"ip": ep.ip, "port": ep.port, "hostname": ep.hostname}))
     };
     json!({
-        "event_id": e.event_id,
+        "uid": meta.uid,
         "time": time(e.time),
         "time_ms": e.time,
-        "tenant": meta.tenant,
-        "device": meta.device,
+        "tenant_uid": meta.tenant_uid,
+        "device_uid": e.device_uid(),
         "class_uid": e.class_uid,
         "class_name": class_name(e.class_uid),
         "category_uid": e.category_uid,
@@ -34,16 +34,20 @@ pub fn event_json(e: &SecurityEvent) -> Value {
         "severity": severity_name(e.severity_id),
         "status_id": e.status_id,
         "message": e.message,
+        "user": e.user.as_ref().map(|u| u.name.clone()),
         "actor": e.actor.as_ref().map(|a| json!({
             "user": a.user.as_ref().map(|u| u.name.clone()),
-            "process_name": a.process_name,
+            "process": a.process.as_ref().map(|p| p.name.clone()),
         })),
+        "process": e.process.as_ref().map(|p| json!({"name": p.name, "pid": p.pid, "cmd_line": p.cmd_line})),
+        "file": e.file.as_ref().map(|f| json!({"name": f.name, "path": f.path})),
+        "query": e.query.as_ref().map(|q| json!({"hostname": q.hostname})),
         "src_endpoint": endpoint(&e.src_endpoint),
         "dst_endpoint": endpoint(&e.dst_endpoint),
         "metadata": {
             "version": meta.version,
             "product": meta.product.as_ref().map(|p| p.name.clone()),
-            "ingest_time": time(meta.ingest_time),
+            "logged_time": time(meta.logged_time),
         },
         "unmapped": e.unmapped,
     })
@@ -65,11 +69,10 @@ pub fn events(output: Output, events: &[SecurityEvent], next_page_token: &str) {
                 .set_content_arrangement(ContentArrangement::Dynamic)
                 .set_header(["time", "tenant", "device", "class", "severity", "message"]);
             for e in events {
-                let meta = e.metadata.clone().unwrap_or_default();
                 table.add_row([
                     time(e.time),
-                    meta.tenant,
-                    meta.device,
+                    e.tenant_uid().to_owned(),
+                    e.device_uid().to_owned(),
                     class_name(e.class_uid),
                     severity_name(e.severity_id),
                     e.message.clone(),
@@ -109,7 +112,7 @@ pub fn event(output: Output, e: &SecurityEvent) {
 
 pub fn sent(output: Output, event_id: &str) {
     match output {
-        Output::Json => println!("{}", json!({"event_id": event_id, "status": "durable"})),
+        Output::Json => println!("{}", json!({"uid": event_id, "status": "durable"})),
         Output::Table => println!("sent {event_id} (durable)"),
     }
 }
@@ -167,21 +170,22 @@ pub fn dead_letters(output: Output, letters: &[vigil_common::dlq::DeadLetter]) {
 }
 
 pub fn finding_json(f: &vigil_proto::finding::v1::Finding) -> Value {
+    let info = f.finding_info.clone().unwrap_or_default();
     json!({
-        "finding_id": f.finding_id,
+        "uid": f.uid(),
         "activity": if f.activity_id == 2 { "Update" } else { "Create" },
-        "version": f.version,
-        "rule_id": f.rule_id,
-        "title": f.title,
+        "version": f.version(),
+        "rule_id": f.rule_id(),
+        "title": info.title,
         "severity": severity_name(f.severity_id),
         "severity_id": f.severity_id,
-        "technique": f.technique,
-        "tenant": f.tenant,
-        "group_key": f.group_key.iter().map(|k| (k.field.clone(), Value::String(k.value.clone()))).collect::<serde_json::Map<_, _>>(),
-        "window_start": time(f.window_start),
-        "window_end": time(f.window_end),
+        "technique": f.technique(),
+        "tenant_uid": f.tenant_uid(),
+        "observables": f.observables.iter().map(|k| (k.name.clone(), Value::String(k.value.clone()))).collect::<serde_json::Map<_, _>>(),
+        "start_time": time(f.start_time),
+        "end_time": time(f.end_time),
         "count": f.count,
-        "event_ids": f.event_ids,
+        "related_events": f.related_event_uids(),
     })
 }
 
@@ -254,20 +258,20 @@ pub fn findings(
                 ]);
             for f in findings {
                 let key = f
-                    .group_key
+                    .observables
                     .iter()
-                    .map(|k| format!("{}={}", k.field, k.value))
+                    .map(|k| format!("{}={}", k.name, k.value))
                     .collect::<Vec<_>>()
                     .join(" ");
                 table.add_row([
-                    time(f.window_end),
-                    f.tenant.clone(),
-                    f.rule_id.clone(),
+                    time(f.end_time),
+                    f.tenant_uid().to_owned(),
+                    f.rule_id().to_owned(),
                     severity_name(f.severity_id),
                     f.count.to_string(),
                     key,
-                    f.technique.clone(),
-                    f.finding_id.clone(),
+                    f.technique().to_owned(),
+                    f.uid().to_owned(),
                 ]);
             }
             println!("{table}");

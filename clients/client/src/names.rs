@@ -1,34 +1,29 @@
-//! Human names for OCSF numbers (from the OCSF 1.x schema).
+//! Human names for OCSF numbers, from the OCSF schema vigil compiles in
+//! (`vigil-ocsf`).
 
 use vigil_proto::event::v1::SeverityId;
 
-/// The OCSF class name, or the number when vigil does not know the class.
+/// The OCSF class caption, or `class <uid>` for a class OCSF does not define.
 pub fn class_name(class_uid: i32) -> String {
-    match class_uid {
-        1001 => "File System Activity".into(),
-        1007 => "Process Activity".into(),
-        2004 => "Detection Finding".into(),
-        3002 => "Authentication".into(),
-        4001 => "Network Activity".into(),
-        4003 => "DNS Activity".into(),
-        4002 => "HTTP Activity".into(),
-        other => format!("class {other}"),
-    }
+    vigil_ocsf::schema()
+        .class(class_uid)
+        .map_or_else(|| format!("class {class_uid}"), |c| c.caption.clone())
 }
 
-/// `High`, `Critical`, ...; unknown numbers print as themselves.
+/// The OCSF caption of `severity_id` (`High`, `Critical`, ...); unknown
+/// numbers print as themselves.
 pub fn severity_name(severity_id: i32) -> String {
-    match SeverityId::try_from(severity_id) {
-        Ok(SeverityId::Unspecified) => "Unknown".into(),
-        Ok(SeverityId::Informational) => "Informational".into(),
-        Ok(SeverityId::Low) => "Low".into(),
-        Ok(SeverityId::Medium) => "Medium".into(),
-        Ok(SeverityId::High) => "High".into(),
-        Ok(SeverityId::Critical) => "Critical".into(),
-        Ok(SeverityId::Fatal) => "Fatal".into(),
-        Ok(SeverityId::Other) => "Other".into(),
-        Err(_) => severity_id.to_string(),
-    }
+    enum_caption("severity_id", severity_id)
+}
+
+/// The caption of `id` in the base event's enum attribute `attribute`
+/// (`severity_id`, `status_id`, the same in every event class), or the number.
+pub fn enum_caption(attribute: &str, id: i32) -> String {
+    vigil_ocsf::schema()
+        .class(3002)
+        .and_then(|c| c.attributes.get(attribute))
+        .and_then(|a| a.values.get(&id.to_string()).cloned())
+        .unwrap_or_else(|| id.to_string())
 }
 
 /// Parses a severity as analysts type it: `high`, `Critical`,
@@ -52,6 +47,17 @@ pub fn parse_severity(s: &str) -> Option<SeverityId> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_come_from_the_schema() {
+        assert_eq!(class_name(3002), "Authentication");
+        assert_eq!(class_name(1001), "File System Activity");
+        assert_eq!(class_name(2004), "Detection Finding");
+        assert_eq!(class_name(77), "class 77");
+        assert_eq!(severity_name(4), "High");
+        assert_eq!(enum_caption("status_id", 2), "Failure");
+        assert_eq!(severity_name(42), "42");
+    }
 
     #[test]
     fn severity_names_round_trip() {

@@ -6,7 +6,7 @@
 
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
-use vigil_proto::event::v1::{Actor, NetworkEndpoint, SecurityEvent, SeverityId, StatusId, User};
+use vigil_proto::event::v1::{NetworkEndpoint, SecurityEvent, Service, SeverityId, StatusId, User};
 
 use crate::events;
 
@@ -56,11 +56,13 @@ fn login(time: i64, user: &str, ip: &str, success: bool) -> SecurityEvent {
     };
     let mut e = events::base(3002, 1, severity, time, message);
     e.status_id = status as i32;
-    e.actor = Some(Actor {
-        user: Some(User {
-            name: user.into(),
-            ..Default::default()
-        }),
+    e.user = Some(User {
+        name: user.into(),
+        type_id: 1,
+        ..Default::default()
+    });
+    e.service = Some(Service {
+        name: "sshd".into(),
         ..Default::default()
     });
     e.src_endpoint = Some(NetworkEndpoint {
@@ -70,7 +72,7 @@ fn login(time: i64, user: &str, ip: &str, success: bool) -> SecurityEvent {
     e
 }
 
-fn connection(time: i64, ip: &str, port: u32) -> SecurityEvent {
+fn connection(time: i64, ip: &str, port: i32) -> SecurityEvent {
     let mut e = events::base(
         4001,
         6,
@@ -221,7 +223,7 @@ pub fn generate(
         ));
         s.truth.push(truth(
             "credential-compromise",
-            "actor.user.name",
+            "user.name",
             &victim,
             true,
             "5 failures then a success",
@@ -249,7 +251,7 @@ pub fn generate(
         ));
         s.truth.push(truth(
             "credential-compromise",
-            "actor.user.name",
+            "user.name",
             &early,
             false,
             "near-miss: success before failures",

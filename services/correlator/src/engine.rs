@@ -241,11 +241,11 @@ impl Engine {
                     contributed: 0,
                 }
             });
-            if window.events.contains_key(&event.event_id) {
+            if window.events.contains_key(event.uid()) {
                 continue; // the same event again: counted once
             }
             window.events.insert(
-                event.event_id.clone(),
+                event.uid().to_owned(),
                 Contribution {
                     time: event.time,
                     step,
@@ -473,7 +473,7 @@ mod tests {
     use crate::rules;
     use proptest::prelude::*;
     use rand::seq::SliceRandom;
-    use vigil_proto::event::v1::{Actor, NetworkEndpoint, User};
+    use vigil_proto::event::v1::{Metadata, NetworkEndpoint, User};
 
     const T0: i64 = 1_790_000_000_000 - 1_790_000_000_000 % 3_600_000; // an hour boundary
 
@@ -484,16 +484,16 @@ mod tests {
 
     fn login(id: &str, time: i64, ip: &str, user: &str, success: bool) -> SecurityEvent {
         SecurityEvent {
-            event_id: id.into(),
+            metadata: Some(Metadata {
+                uid: id.into(),
+                ..Default::default()
+            }),
             class_uid: 3002,
             activity_id: 1,
             status_id: if success { 1 } else { 2 },
             time,
-            actor: Some(Actor {
-                user: Some(User {
-                    name: user.into(),
-                    ..Default::default()
-                }),
+            user: Some(User {
+                name: user.into(),
                 ..Default::default()
             }),
             src_endpoint: Some(NetworkEndpoint {
@@ -504,9 +504,12 @@ mod tests {
         }
     }
 
-    fn connection(id: &str, time: i64, ip: &str, port: u32) -> SecurityEvent {
+    fn connection(id: &str, time: i64, ip: &str, port: i32) -> SecurityEvent {
         SecurityEvent {
-            event_id: id.into(),
+            metadata: Some(Metadata {
+                uid: id.into(),
+                ..Default::default()
+            }),
             class_uid: 4001,
             activity_id: 6,
             time,
@@ -605,7 +608,7 @@ mod tests {
             vec![
                 ("brute-force:src_endpoint.ip=192.0.2.2".to_owned(), 5),
                 ("brute-force:src_endpoint.ip=203.0.113.7".to_owned(), 5),
-                ("credential-compromise:actor.user.name=bob".to_owned(), 6),
+                ("credential-compromise:user.name=bob".to_owned(), 6),
                 ("port-scan:src_endpoint.ip=203.0.113.9".to_owned(), 20),
             ]
         );

@@ -1,8 +1,8 @@
 //! The event fields rules may test and group by, by dotted path.
 
-use vigil_proto::event::v1::SecurityEvent;
+use vigil_proto::event::v1::{NetworkEndpoint, SecurityEvent, User};
 
-/// Paths a rule may name (besides `unmapped.<key>`).
+/// Paths a rule may name (besides `unmapped.<key>`): OCSF attribute paths.
 pub const FIELDS: &[&str] = &[
     "class_uid",
     "category_uid",
@@ -12,10 +12,24 @@ pub const FIELDS: &[&str] = &[
     "status_id",
     "message",
     "metadata.product.name",
-    "metadata.device",
+    "device.uid",
+    "device.hostname",
+    "device.ip",
+    "user.name",
+    "user.uid",
+    "user.domain",
     "actor.user.name",
+    "actor.user.uid",
     "actor.user.domain",
-    "actor.process_name",
+    "actor.process.name",
+    "process.name",
+    "process.cmd_line",
+    "process.file.path",
+    "file.name",
+    "file.path",
+    "query.hostname",
+    "http_request.url.hostname",
+    "service.name",
     "src_endpoint.ip",
     "src_endpoint.port",
     "src_endpoint.hostname",
@@ -35,8 +49,26 @@ pub fn is_known(path: &str) -> bool {
 /// The value of `path` in `event` as text, or `None` when it is absent or
 /// empty (an absent field never matches and never forms a group key).
 pub fn value(event: &SecurityEvent, path: &str) -> Option<String> {
-    let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    let text = |s: &str| (!s.is_empty()).then(|| s.to_owned());
     let number = |n: i64| Some(n.to_string());
+    let port = |p: i32| (p > 0).then(|| p.to_string());
+    let user = |u: Option<&User>, field: &str| {
+        let u = u?;
+        text(match field {
+            "name" => &u.name,
+            "uid" => &u.uid,
+            _ => &u.domain,
+        })
+    };
+    let endpoint = |e: Option<&NetworkEndpoint>, field: &str| {
+        let e = e?;
+        match field {
+            "ip" => text(&e.ip),
+            "port" => port(e.port),
+            _ => text(&e.hostname),
+        }
+    };
+    let actor = event.actor.as_ref();
     match path {
         "class_uid" => number(event.class_uid.into()),
         "category_uid" => number(event.category_uid.into()),
@@ -44,53 +76,92 @@ pub fn value(event: &SecurityEvent, path: &str) -> Option<String> {
         "type_uid" => number(event.type_uid),
         "severity_id" => number(event.severity_id.into()),
         "status_id" => number(event.status_id.into()),
-        "message" => non_empty(&event.message),
-        "metadata.product.name" => event
-            .metadata
-            .as_ref()?
-            .product
-            .as_ref()
-            .and_then(|p| non_empty(&p.name)),
-        "metadata.device" => event.metadata.as_ref().and_then(|m| non_empty(&m.device)),
-        "actor.user.name" => event
-            .actor
-            .as_ref()?
-            .user
-            .as_ref()
-            .and_then(|u| non_empty(&u.name)),
-        "actor.user.domain" => event
-            .actor
-            .as_ref()?
-            .user
-            .as_ref()
-            .and_then(|u| non_empty(&u.domain)),
-        "actor.process_name" => event
-            .actor
-            .as_ref()
-            .and_then(|a| non_empty(&a.process_name)),
-        "src_endpoint.ip" => event.src_endpoint.as_ref().and_then(|e| non_empty(&e.ip)),
-        "src_endpoint.port" => event
-            .src_endpoint
-            .as_ref()
-            .filter(|e| e.port > 0)
-            .map(|e| e.port.to_string()),
-        "src_endpoint.hostname" => event
-            .src_endpoint
-            .as_ref()
-            .and_then(|e| non_empty(&e.hostname)),
-        "dst_endpoint.ip" => event.dst_endpoint.as_ref().and_then(|e| non_empty(&e.ip)),
-        "dst_endpoint.port" => event
-            .dst_endpoint
-            .as_ref()
-            .filter(|e| e.port > 0)
-            .map(|e| e.port.to_string()),
-        "dst_endpoint.hostname" => event
-            .dst_endpoint
-            .as_ref()
-            .and_then(|e| non_empty(&e.hostname)),
+        "message" => text(&event.message),
+        "metadata.product.name" => text(&event.metadata.as_ref()?.product.as_ref()?.name),
+        "device.uid" => text(&event.device.as_ref()?.uid),
+        "device.hostname" => text(&event.device.as_ref()?.hostname),
+        "device.ip" => text(&event.device.as_ref()?.ip),
+        "user.name" | "user.uid" | "user.domain" => user(event.user.as_ref(), &path[5..]),
+        "actor.user.name" | "actor.user.uid" | "actor.user.domain" => {
+            user(actor?.user.as_ref(), &path[11..])
+        }
+        "actor.process.name" => text(&actor?.process.as_ref()?.name),
+        "process.name" => text(&event.process.as_ref()?.name),
+        "process.cmd_line" => text(&event.process.as_ref()?.cmd_line),
+        "process.file.path" => text(&event.process.as_ref()?.file.as_ref()?.path),
+        "file.name" => text(&event.file.as_ref()?.name),
+        "file.path" => text(&event.file.as_ref()?.path),
+        "query.hostname" => text(&event.query.as_ref()?.hostname),
+        "http_request.url.hostname" => text(&event.http_request.as_ref()?.url.as_ref()?.hostname),
+        "service.name" => text(&event.service.as_ref()?.name),
+        "src_endpoint.ip" | "src_endpoint.port" | "src_endpoint.hostname" => {
+            endpoint(event.src_endpoint.as_ref(), &path[13..])
+        }
+        "dst_endpoint.ip" | "dst_endpoint.port" | "dst_endpoint.hostname" => {
+            endpoint(event.dst_endpoint.as_ref(), &path[13..])
+        }
         other => other
             .strip_prefix("unmapped.")
             .and_then(|k| event.unmapped.get(k))
-            .and_then(|v| non_empty(v)),
+            .and_then(|v| text(v)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_listed_path_is_read_from_a_sample_that_has_it() {
+        let mut rng = rand::rng();
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..50 {
+            for kind in vigil_client::events::Kind::ALL {
+                let mut e = vigil_client::events::sample(kind, &mut rng, 1_790_000_000_000);
+                e.device.get_or_insert_default().uid = "cam-01".into();
+                for path in FIELDS {
+                    if value(&e, path).is_some() {
+                        seen.insert(*path);
+                    }
+                }
+            }
+        }
+        let never: Vec<_> = FIELDS.iter().filter(|p| !seen.contains(*p)).collect();
+        // Paths the simulated fleet never fills (a device may).
+        let allowed: &[&str] = &[
+            "user.uid",
+            "user.domain",
+            "actor.user.uid",
+            "actor.user.domain",
+            "device.ip",
+            "dst_endpoint.hostname",
+            "src_endpoint.hostname",
+        ];
+        assert!(
+            never.iter().all(|p| allowed.contains(*p)),
+            "never read: {never:?}"
+        );
+    }
+
+    #[test]
+    fn every_listed_path_is_an_ocsf_attribute_path() {
+        let schema = vigil_ocsf::schema();
+        for path in FIELDS {
+            let mut parts = path.split('.');
+            let first = parts.next().unwrap_or_default();
+            let class_has = |c: &vigil_ocsf::Class| c.attributes.get(first).cloned();
+            let mut attribute = vigil_ocsf::SUPPORTED_CLASSES
+                .iter()
+                .filter_map(|uid| schema.class(*uid))
+                .find_map(class_has);
+            for part in parts {
+                let object = attribute
+                    .as_ref()
+                    .and_then(|a| a.object_type.as_deref())
+                    .and_then(|o| schema.object(o));
+                attribute = object.and_then(|o| o.attributes.get(part).cloned());
+            }
+            assert!(attribute.is_some(), "{path} is not an OCSF attribute path");
+        }
     }
 }

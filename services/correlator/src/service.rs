@@ -155,11 +155,7 @@ impl Worker {
                 continue;
             };
             for event in &batch.events {
-                let tenant = event
-                    .metadata
-                    .as_ref()
-                    .map(|m| m.tenant.as_str())
-                    .unwrap_or_default();
+                let tenant = event.tenant_uid();
                 if tenant.is_empty()
                     || partition::partition_of(tenant, self.partitions) != self.partition
                 {

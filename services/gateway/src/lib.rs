@@ -3,7 +3,8 @@
 //! and limits; accepted events are published to JetStream as `EventBatch`
 //! messages, and the call answers only once JetStream has them.
 //!
-//! - [`validate`]: one event, pure.
+//! - [`validate`]: one event against identity, limits and the OCSF schema; pure.
+//! - [`attributes`]: which OCSF attributes an event carries.
 //! - [`pseudonym`]: per-tenant keyed hashes of chosen fields.
 //! - [`publish`]: grouping into batches, message ids, waiting for acks.
 //! - [`service`]: the gRPC service.
@@ -11,6 +12,7 @@
 //!   its [`Service`] lifecycle. Hard dependency: JetStream (the NATS
 //!   connection).
 
+pub mod attributes;
 pub mod pseudonym;
 pub mod publish;
 pub mod service;

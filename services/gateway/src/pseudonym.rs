@@ -10,7 +10,7 @@
 //!
 //! ```toml
 //! [tenant.globex]
-//! fields = ["actor.user.name", "src_endpoint.ip"]
+//! fields = ["user.name", "actor.user.name", "src_endpoint.ip"]
 //! ```
 
 use std::collections::{BTreeMap, HashMap};
@@ -24,6 +24,8 @@ use vigil_proto::event::v1::SecurityEvent;
 
 /// Fields that may be pseudonymised.
 pub const FIELDS: &[&str] = &[
+    "user.name",
+    "user.uid",
     "actor.user.name",
     "actor.user.uid",
     "src_endpoint.ip",
@@ -110,6 +112,8 @@ impl Pseudonymiser {
         };
         for field in &t.fields {
             let value = match *field {
+                "user.name" => event.user.as_mut().map(|u| &mut u.name),
+                "user.uid" => event.user.as_mut().map(|u| &mut u.uid),
                 "actor.user.name" => event
                     .actor
                     .as_mut()

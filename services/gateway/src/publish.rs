@@ -57,7 +57,7 @@ pub fn group(events: Vec<AcceptedEvent>) -> Vec<OutgoingBatch> {
             let subject = subjects::events_subject(&tenant, class_uid);
             chunks.into_iter().map(move |events| OutgoingBatch {
                 subject: subject.clone(),
-                msg_id: batch_msg_id(&subject, events.iter().map(|e| e.event_id.as_str())),
+                msg_id: batch_msg_id(&subject, events.iter().map(|e| e.uid())),
                 batch: EventBatch { events },
             })
         })
@@ -168,7 +168,10 @@ mod tests {
             tenant: tenant.into(),
             class_uid,
             event: SecurityEvent {
-                event_id: format!("id-{tenant}-{class_uid}-{n}"),
+                metadata: Some(vigil_proto::event::v1::Metadata {
+                    uid: format!("id-{tenant}-{class_uid}-{n}"),
+                    ..Default::default()
+                }),
                 class_uid,
                 message: "m".repeat(1000),
                 ..Default::default()

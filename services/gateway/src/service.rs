@@ -87,14 +87,14 @@ impl IngestApi {
         let mut repeats = 0u32;
         let mut rejected = Vec::new();
         for (index, event) in events.into_iter().enumerate() {
-            let sent_id: String = event.event_id.chars().take(64).collect();
+            let sent_id: String = event.uid().chars().take(64).collect();
             match validate::validate(event, device, now, &inner.limits) {
                 Ok(mut ok) => {
                     if let Some(p) = &inner.pseudonyms {
                         p.apply(&ok.tenant, &mut ok.event);
                     }
                     // The same id twice in one request is one event.
-                    if seen.insert(ok.event.event_id.clone()) {
+                    if seen.insert(ok.event.uid().to_owned()) {
                         accepted.push(ok);
                     } else {
                         repeats += 1;

@@ -1,4 +1,5 @@
-//! Validation of one event against the caller's identity and the limits.
+//! Validation of one event against the caller's identity, the limits and
+//! the OCSF schema vigil compiles in (`vigil-ocsf`).
 //! Pure: no I/O, no clock (the caller passes `now`), so it is tested here
 //! exhaustively and cheaply.
 
@@ -8,6 +9,8 @@ use std::time::Duration;
 use prost::Message;
 use vigil_proto::event::v1::SecurityEvent;
 use vigil_proto::ingest::v1::RejectionCode;
+
+use crate::attributes::Node;
 
 /// Bounds on what one event may carry.
 #[derive(Debug, Clone)]
@@ -53,20 +56,21 @@ pub struct Device {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
     pub code: RejectionCode,
-    pub field: &'static str,
+    pub field: String,
     pub reason: String,
 }
 
-fn invalid(field: &'static str, reason: impl Into<String>) -> Refusal {
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Refusal {
     Refusal {
         code: RejectionCode::InvalidArgument,
-        field,
+        field: field.into(),
         reason: reason.into(),
     }
 }
 
-/// An event that passed validation, normalised: tenant, device and ingest
-/// time set by the gateway; category and type uids filled in.
+/// An event that passed validation, normalised: `metadata.tenant_uid`,
+/// `device.uid` and `metadata.logged_time` set by the gateway; category and
+/// type uids filled in.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AcceptedEvent {
     pub tenant: String,
@@ -74,10 +78,9 @@ pub struct AcceptedEvent {
     pub event: SecurityEvent,
 }
 
-const SEVERITIES: &[i32] = &[0, 1, 2, 3, 4, 5, 6, 99];
-const STATUSES: &[i32] = &[0, 1, 2, 99];
-
-/// Validates `event` sent by `device` at `now_ms`.
+/// Validates `event` sent by `device` at `now_ms`: identity, limits, then
+/// the OCSF schema (class, activity, type, enums, every required attribute
+/// and constraint of the class and of each object it carries).
 pub fn validate(
     mut event: SecurityEvent,
     device: &Device,
@@ -86,24 +89,28 @@ pub fn validate(
 ) -> Result<AcceptedEvent, Refusal> {
     // Identity first: an event claiming someone else is refused as such,
     // whatever else is wrong with it.
-    if let Some(meta) = &event.metadata {
-        if !meta.tenant.is_empty() && meta.tenant != device.tenant {
-            return Err(Refusal {
-                code: RejectionCode::PermissionDenied,
-                field: "metadata.tenant",
-                reason: format!(
-                    "tenant {:?} is not the caller's tenant",
-                    truncate(&meta.tenant)
-                ),
-            });
-        }
-        if !meta.device.is_empty() && meta.device != device.device {
-            return Err(Refusal {
-                code: RejectionCode::PermissionDenied,
-                field: "metadata.device",
-                reason: format!("device {:?} is not the caller", truncate(&meta.device)),
-            });
-        }
+    if let Some(meta) = &event.metadata
+        && !meta.tenant_uid.is_empty()
+        && meta.tenant_uid != device.tenant
+    {
+        return Err(Refusal {
+            code: RejectionCode::PermissionDenied,
+            field: "metadata.tenant_uid".into(),
+            reason: format!(
+                "tenant {:?} is not the caller's tenant",
+                truncate(&meta.tenant_uid)
+            ),
+        });
+    }
+    if let Some(d) = &event.device
+        && !d.uid.is_empty()
+        && d.uid != device.device
+    {
+        return Err(Refusal {
+            code: RejectionCode::PermissionDenied,
+            field: "device.uid".into(),
+            reason: format!("device {:?} is not the caller", truncate(&d.uid)),
+        });
     }
 
     let size = event.encoded_len();
@@ -116,45 +123,163 @@ pub fn validate(
             ),
         ));
     }
-
-    if event.event_id.is_empty() {
-        return Err(invalid("event_id", "required"));
+    let Some(meta) = event.metadata.as_mut() else {
+        return Err(invalid("metadata", "required by OCSF (every class)"));
+    };
+    if meta.uid.is_empty() {
+        return Err(invalid("metadata.uid", "required (the event's UUIDv7)"));
     }
-    match uuid::Uuid::parse_str(&event.event_id) {
+    match uuid::Uuid::parse_str(&meta.uid) {
         Ok(id) if id.get_version_num() == 7 => {
             // Store the canonical (lowercase, hyphenated) form so the same
             // id always deduplicates.
-            event.event_id = id.hyphenated().to_string();
+            meta.uid = id.hyphenated().to_string();
         }
-        Ok(_) => return Err(invalid("event_id", "must be a UUIDv7")),
-        Err(_) => return Err(invalid("event_id", "not a UUID")),
+        Ok(_) => return Err(invalid("metadata.uid", "must be a UUIDv7")),
+        Err(_) => return Err(invalid("metadata.uid", "not a UUID")),
     }
+    check_version(&meta.version)?;
 
-    if event.class_uid <= 0 {
-        return Err(invalid("class_uid", "required"));
-    }
-    if !(1000..100_000).contains(&event.class_uid) {
+    let class = check_classification(&mut event)?;
+    check_time(event.time, now_ms, limits)?;
+    if event.message.len() > limits.max_message_bytes {
         return Err(invalid(
-            "class_uid",
-            format!("{} is not an OCSF class uid", event.class_uid),
+            "message",
+            format!("longer than {} bytes", limits.max_message_bytes),
         ));
     }
-    let category = event.class_uid / 1000;
-    if event.category_uid == 0 {
-        event.category_uid = category;
-    } else if event.category_uid != category {
+    check_strings(&event, limits)?;
+    for (field, endpoint) in [
+        ("src_endpoint", &event.src_endpoint),
+        ("dst_endpoint", &event.dst_endpoint),
+    ] {
+        if let Some(ep) = endpoint {
+            if !ep.ip.is_empty() && ep.ip.parse::<std::net::IpAddr>().is_err() {
+                return Err(invalid(
+                    format!("{field}.ip"),
+                    format!("{:?} is not an IP address", truncate(&ep.ip)),
+                ));
+            }
+            if !(0..=65_535).contains(&ep.port) {
+                return Err(invalid(
+                    format!("{field}.port"),
+                    format!("{} is not a port", ep.port),
+                ));
+            }
+        }
+    }
+    if event.observables.len() > limits.max_unmapped_entries {
         return Err(invalid(
-            "category_uid",
+            "observables",
+            format!("more than {} observables", limits.max_unmapped_entries),
+        ));
+    }
+    if event.privileges.len() > limits.max_unmapped_entries {
+        return Err(invalid(
+            "privileges",
+            format!("more than {} privileges", limits.max_unmapped_entries),
+        ));
+    }
+    check_unmapped(&event.unmapped, limits)?;
+
+    // The gateway's own facts.
+    let meta = event.metadata.get_or_insert_default();
+    meta.tenant_uid = device.tenant.clone();
+    meta.logged_time = now_ms;
+    let d = event.device.get_or_insert_default();
+    d.uid = device.device.clone();
+    if d.name.is_empty() {
+        d.name = device.device.clone();
+    }
+
+    let what = format!("OCSF {} ({})", class.caption, class.uid);
+    check_node(
+        Node::Event(&event),
+        &class.attributes,
+        &class.constraints,
+        "",
+        &what,
+        0,
+    )?;
+
+    Ok(AcceptedEvent {
+        tenant: device.tenant.clone(),
+        class_uid: event.class_uid,
+        event,
+    })
+}
+
+/// `metadata.version` must be an OCSF version of the major version vigil
+/// targets ([`vigil_ocsf::VERSION`]); OCSF keeps minor versions compatible.
+fn check_version(version: &str) -> Result<(), Refusal> {
+    let major = |v: &str| v.split('.').next().map(str::to_owned);
+    if version.is_empty() {
+        return Err(invalid(
+            "metadata.version",
             format!(
-                "{} does not match class_uid {} (expected {category})",
-                event.category_uid, event.class_uid
+                "required by OCSF (the schema version; vigil validates against {})",
+                vigil_ocsf::VERSION
             ),
         ));
     }
-    if !(0..=99).contains(&event.activity_id) {
+    let numeric = version
+        .split(['.', '-'])
+        .take(2)
+        .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()));
+    if !numeric || major(version) != major(vigil_ocsf::VERSION) || version.len() > 32 {
+        return Err(invalid(
+            "metadata.version",
+            format!(
+                "{:?} is not an OCSF {}.x version (vigil validates against {})",
+                truncate(version),
+                major(vigil_ocsf::VERSION).unwrap_or_default(),
+                vigil_ocsf::VERSION
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Class, category, activity, type and the enums, against the schema;
+/// fills in `category_uid` and `type_uid` when they are 0.
+fn check_classification(event: &mut SecurityEvent) -> Result<&'static vigil_ocsf::Class, Refusal> {
+    if event.class_uid == 0 {
+        return Err(invalid("class_uid", "required by OCSF (every class)"));
+    }
+    let class = vigil_ocsf::SUPPORTED_CLASSES
+        .contains(&event.class_uid)
+        .then(|| vigil_ocsf::schema().class(event.class_uid))
+        .flatten()
+        .ok_or_else(|| {
+            invalid(
+                "class_uid",
+                format!(
+                    "{} is not an OCSF class vigil accepts ({}; see `vigil schemas`)",
+                    event.class_uid,
+                    supported()
+                ),
+            )
+        })?;
+    if event.category_uid == 0 {
+        event.category_uid = class.category_uid;
+    } else if event.category_uid != class.category_uid {
+        return Err(invalid(
+            "category_uid",
+            format!(
+                "{} is not the category of {} (OCSF: {}, {})",
+                event.category_uid, class.caption, class.category_uid, class.category_name
+            ),
+        ));
+    }
+    if class.activity(event.activity_id).is_none() {
         return Err(invalid(
             "activity_id",
-            format!("{} is out of range 0..=99", event.activity_id),
+            format!(
+                "{} is not an activity of OCSF {} (it defines {})",
+                event.activity_id,
+                class.caption,
+                ids(&class.activities)
+            ),
         ));
     }
     let type_uid = i64::from(event.class_uid) * 100 + i64::from(event.activity_id);
@@ -164,28 +289,54 @@ pub fn validate(
         return Err(invalid(
             "type_uid",
             format!(
-                "{} is not class_uid * 100 + activity_id ({type_uid})",
+                "{} is not class_uid * 100 + activity_id ({type_uid}, as OCSF defines it)",
                 event.type_uid
             ),
         ));
     }
-    if !SEVERITIES.contains(&event.severity_id) {
-        return Err(invalid(
-            "severity_id",
-            format!("{} is not an OCSF severity (0-6 or 99)", event.severity_id),
-        ));
+    for (field, value) in [
+        ("severity_id", event.severity_id),
+        ("status_id", event.status_id),
+    ] {
+        let values = class.attributes.get(field).map(|a| &a.values);
+        if let Some(values) = values
+            && !values.contains_key(&value.to_string())
+        {
+            return Err(invalid(
+                field,
+                format!(
+                    "{value} is not an OCSF {field} (it defines {})",
+                    ids(values)
+                ),
+            ));
+        }
     }
-    if !STATUSES.contains(&event.status_id) {
-        return Err(invalid(
-            "status_id",
-            format!("{} is not an OCSF status (0, 1, 2 or 99)", event.status_id),
-        ));
-    }
+    Ok(class)
+}
 
-    if event.time <= 0 {
-        return Err(invalid("time", "required (epoch milliseconds)"));
+fn supported() -> String {
+    vigil_ocsf::SUPPORTED_CLASSES
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The ids of an enum, numerically.
+fn ids(values: &std::collections::BTreeMap<String, String>) -> String {
+    let mut ids: Vec<i64> = values.keys().filter_map(|k| k.parse().ok()).collect();
+    ids.sort_unstable();
+    ids.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn check_time(time: i64, now_ms: i64, limits: &Limits) -> Result<(), Refusal> {
+    if time <= 0 {
+        return Err(invalid("time", "required by OCSF (epoch milliseconds)"));
     }
-    let ahead = event.time.saturating_sub(now_ms);
+    let ahead = time.saturating_sub(now_ms);
     if ahead > millis(limits.max_future_skew) {
         return Err(invalid(
             "time",
@@ -196,7 +347,7 @@ pub fn validate(
             ),
         ));
     }
-    let age = now_ms.saturating_sub(event.time);
+    let age = now_ms.saturating_sub(time);
     if age > millis(limits.max_age) {
         return Err(invalid(
             "time",
@@ -207,89 +358,199 @@ pub fn validate(
             ),
         ));
     }
+    Ok(())
+}
 
-    if event.message.len() > limits.max_message_bytes {
-        return Err(invalid(
-            "message",
-            format!("longer than {} bytes", limits.max_message_bytes),
-        ));
-    }
-    let Some(meta) = event.metadata.as_mut() else {
-        return Err(invalid("metadata", "required"));
+/// How deep objects nest before the check stops (a process's parent's
+/// parent...).
+const MAX_DEPTH: usize = 4;
+
+/// Checks one node against its OCSF definition: every required attribute
+/// present, every constraint met, then each object it carries against that
+/// object's definition. `path` is the node's dotted path (`actor.user`).
+fn check_node(
+    node: Node<'_>,
+    attributes: &std::collections::BTreeMap<String, vigil_ocsf::Attribute>,
+    constraints: &vigil_ocsf::Constraints,
+    path: &str,
+    what: &str,
+    depth: usize,
+) -> Result<(), Refusal> {
+    let at = |name: &str| {
+        if path.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{path}.{name}")
+        }
     };
-    if meta.version.is_empty() {
+    for (name, attribute) in attributes {
+        if attribute.requirement == vigil_ocsf::Requirement::Required
+            && attribute.profile.is_none()
+            && !node.has(name)
+        {
+            return Err(invalid(at(name), format!("required by {what}")));
+        }
+    }
+    if !constraints.at_least_one.is_empty() && !constraints.at_least_one.iter().any(|a| node.has(a))
+    {
+        let field = if path.is_empty() {
+            constraints.at_least_one.join("|")
+        } else {
+            path.to_owned()
+        };
         return Err(invalid(
-            "metadata.version",
-            "required (the OCSF schema version)",
+            field,
+            format!(
+                "{what} needs at least one of {}",
+                constraints.at_least_one.join(", ")
+            ),
         ));
     }
-    match &meta.product {
-        Some(p) if !p.name.is_empty() => {
-            check_len("metadata.product.name", &p.name, limits)?;
-            check_len("metadata.product.vendor_name", &p.vendor_name, limits)?;
-            check_len("metadata.product.version", &p.version, limits)?;
-        }
-        _ => return Err(invalid("metadata.product.name", "required")),
+    if depth >= MAX_DEPTH {
+        return Ok(());
     }
-    check_len("metadata.version", &meta.version, limits)?;
-    meta.tenant = device.tenant.clone();
-    meta.device = device.device.clone();
-    meta.ingest_time = now_ms;
+    let schema = vigil_ocsf::schema();
+    for (name, attribute) in attributes {
+        let Some(object) = attribute
+            .object_type
+            .as_deref()
+            .and_then(|o| schema.object(o))
+        else {
+            continue;
+        };
+        let label = format!(
+            "the OCSF {} object",
+            attribute.object_type.as_deref().unwrap_or_default()
+        );
+        if let Some(child) = node.child(name) {
+            check_node(
+                child,
+                &object.attributes,
+                &object.constraints,
+                &at(name),
+                &label,
+                depth + 1,
+            )?;
+        }
+        for (i, child) in node.children(name).into_iter().enumerate() {
+            let path = format!("{}[{i}]", at(name));
+            check_node(
+                child,
+                &object.attributes,
+                &object.constraints,
+                &path,
+                &label,
+                depth + 1,
+            )?;
+        }
+    }
+    Ok(())
+}
 
-    if let Some(actor) = &event.actor {
-        check_len("actor.process_name", &actor.process_name, limits)?;
-        if let Some(user) = &actor.user {
-            check_len("actor.user.name", &user.name, limits)?;
-            check_len("actor.user.uid", &user.uid, limits)?;
-            check_len("actor.user.domain", &user.domain, limits)?;
+/// Every string field is bounded (`message` separately).
+fn check_strings(event: &SecurityEvent, limits: &Limits) -> Result<(), Refusal> {
+    // The first field over the limit.
+    let mut too_long: Option<String> = None;
+    let mut push = |path: &str, value: &str| {
+        if too_long.is_none() && value.len() > limits.max_string_bytes {
+            too_long = Some(path.to_owned());
+        }
+    };
+    if let Some(m) = &event.metadata {
+        push("metadata.version", &m.version);
+        push("metadata.original_time", &m.original_time);
+        if let Some(p) = &m.product {
+            push("metadata.product.name", &p.name);
+            push("metadata.product.vendor_name", &p.vendor_name);
+            push("metadata.product.version", &p.version);
+            push("metadata.product.uid", &p.uid);
         }
     }
-    for (prefix, endpoint) in [
+    if let Some(d) = &event.device {
+        push("device.uid", &d.uid);
+        push("device.name", &d.name);
+        push("device.hostname", &d.hostname);
+        push("device.ip", &d.ip);
+    }
+    let mut users = Vec::new();
+    if let Some(u) = &event.user {
+        users.push(("user", u));
+    }
+    let mut processes = Vec::new();
+    if let Some(a) = &event.actor {
+        if let Some(u) = &a.user {
+            users.push(("actor.user", u));
+        }
+        if let Some(p) = &a.process {
+            processes.push(("actor.process", p));
+        }
+    }
+    if let Some(p) = &event.process {
+        processes.push(("process", p));
+    }
+    let mut files = Vec::new();
+    for (path, p) in processes {
+        push(&format!("{path}.name"), &p.name);
+        push(&format!("{path}.uid"), &p.uid);
+        push(&format!("{path}.cmd_line"), &p.cmd_line);
+        if let Some(f) = &p.file {
+            files.push((format!("{path}.file"), f));
+        }
+    }
+    if let Some(f) = &event.file {
+        files.push(("file".to_owned(), f));
+    }
+    for (path, f) in files {
+        push(&format!("{path}.name"), &f.name);
+        push(&format!("{path}.path"), &f.path);
+        push(&format!("{path}.uid"), &f.uid);
+    }
+    for (path, u) in users {
+        push(&format!("{path}.name"), &u.name);
+        push(&format!("{path}.uid"), &u.uid);
+        push(&format!("{path}.domain"), &u.domain);
+    }
+    for (path, e) in [
         ("src_endpoint", &event.src_endpoint),
         ("dst_endpoint", &event.dst_endpoint),
     ] {
-        if let Some(ep) = endpoint {
-            let (ip_field, port_field, host_field) = match prefix {
-                "src_endpoint" => (
-                    "src_endpoint.ip",
-                    "src_endpoint.port",
-                    "src_endpoint.hostname",
-                ),
-                _ => (
-                    "dst_endpoint.ip",
-                    "dst_endpoint.port",
-                    "dst_endpoint.hostname",
-                ),
-            };
-            if !ep.ip.is_empty() && ep.ip.parse::<std::net::IpAddr>().is_err() {
-                return Err(invalid(
-                    ip_field,
-                    format!("{:?} is not an IP address", truncate(&ep.ip)),
-                ));
-            }
-            if ep.port > 65_535 {
-                return Err(invalid(port_field, format!("{} is not a port", ep.port)));
-            }
-            check_len(host_field, &ep.hostname, limits)?;
+        if let Some(e) = e {
+            push(&format!("{path}.hostname"), &e.hostname);
+            push(&format!("{path}.uid"), &e.uid);
         }
     }
-    check_unmapped(&event.unmapped, limits)?;
-
-    Ok(AcceptedEvent {
-        tenant: device.tenant.clone(),
-        class_uid: event.class_uid,
-        event,
-    })
-}
-
-fn check_len(field: &'static str, value: &str, limits: &Limits) -> Result<(), Refusal> {
-    if value.len() > limits.max_string_bytes {
-        return Err(invalid(
+    if let Some(q) = &event.query {
+        push("query.hostname", &q.hostname);
+        push("query.type", &q.r#type);
+        push("query.class", &q.class);
+    }
+    if let Some(h) = &event.http_request {
+        push("http_request.http_method", &h.http_method);
+        push("http_request.user_agent", &h.user_agent);
+        if let Some(u) = &h.url {
+            push("http_request.url.hostname", &u.hostname);
+            push("http_request.url.path", &u.path);
+        }
+    }
+    if let Some(s) = &event.service {
+        push("service.name", &s.name);
+        push("service.uid", &s.uid);
+    }
+    for (i, o) in event.observables.iter().enumerate() {
+        push(&format!("observables[{i}].name"), &o.name);
+        push(&format!("observables[{i}].value"), &o.value);
+    }
+    for (i, p) in event.privileges.iter().enumerate() {
+        push(&format!("privileges[{i}]"), p);
+    }
+    push("status_detail", &event.status_detail);
+    match too_long {
+        Some(field) => Err(invalid(
             field,
             format!("longer than {} bytes", limits.max_string_bytes),
-        ));
+        )),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 fn check_unmapped(map: &HashMap<String, String>, limits: &Limits) -> Result<(), Refusal> {
@@ -335,7 +596,9 @@ fn truncate(s: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vigil_proto::event::v1::{Metadata, NetworkEndpoint, Product, SeverityId, StatusId};
+    use vigil_proto::event::v1::{
+        Metadata, NetworkEndpoint, Product, Service, SeverityId, StatusId, User,
+    };
 
     const NOW: i64 = 1_790_000_000_000;
 
@@ -348,7 +611,6 @@ mod tests {
 
     fn good() -> SecurityEvent {
         SecurityEvent {
-            event_id: uuid::Uuid::now_v7().to_string(),
             class_uid: 3002,
             activity_id: 1,
             severity_id: SeverityId::High as i32,
@@ -356,15 +618,28 @@ mod tests {
             time: NOW - 1000,
             message: "login failed".into(),
             metadata: Some(Metadata {
-                version: "1.5.0".into(),
+                uid: uuid::Uuid::now_v7().to_string(),
+                version: vigil_ocsf::VERSION.into(),
                 product: Some(Product {
                     name: "sshd".into(),
                     ..Default::default()
                 }),
                 ..Default::default()
             }),
+            user: Some(User {
+                name: "alice".into(),
+                ..Default::default()
+            }),
+            service: Some(Service {
+                name: "sshd".into(),
+                ..Default::default()
+            }),
             ..Default::default()
         }
+    }
+
+    fn meta(e: &mut SecurityEvent) -> &mut Metadata {
+        e.metadata.get_or_insert_default()
     }
 
     fn refusal(event: SecurityEvent) -> Refusal {
@@ -383,10 +658,13 @@ mod tests {
         assert_eq!(accepted.tenant, "acme");
         assert_eq!(accepted.event.category_uid, 3);
         assert_eq!(accepted.event.type_uid, 300_201);
-        let meta = accepted.event.metadata.unwrap_or_default();
         assert_eq!(
-            (meta.tenant.as_str(), meta.device.as_str(), meta.ingest_time),
-            ("acme", "cam-01", NOW)
+            (
+                accepted.event.tenant_uid(),
+                accepted.event.device_uid(),
+                accepted.event.metadata.as_ref().map(|m| m.logged_time)
+            ),
+            ("acme", "cam-01", Some(NOW))
         );
     }
 
@@ -394,12 +672,27 @@ mod tests {
     fn names_the_field_of_each_problem() {
         type Mutation = Box<dyn Fn(&mut SecurityEvent)>;
         let cases: Vec<(&str, Mutation)> = vec![
-            ("event_id", Box::new(|e| e.event_id.clear())),
+            ("metadata.uid", Box::new(|e| meta(e).uid.clear())),
             (
-                "event_id",
-                Box::new(|e| e.event_id = uuid::Uuid::new_v4().to_string()),
+                "metadata.uid",
+                Box::new(|e| meta(e).uid = uuid::Uuid::new_v4().to_string()),
+            ),
+            (
+                "metadata.version",
+                Box::new(|e| meta(e).version = "2.0.0".into()),
             ),
             ("class_uid", Box::new(|e| e.class_uid = 0)),
+            ("class_uid", Box::new(|e| e.class_uid = 9999)),
+            ("activity_id", Box::new(|e| e.activity_id = 42)),
+            ("user", Box::new(|e| e.user = None)),
+            (
+                "service|dst_endpoint",
+                Box::new(|e| {
+                    e.service = None;
+                    e.dst_endpoint = None;
+                }),
+            ),
+            ("user", Box::new(|e| e.user = Some(User::default()))),
             ("category_uid", Box::new(|e| e.category_uid = 4)),
             ("type_uid", Box::new(|e| e.type_uid = 300_299)),
             ("severity_id", Box::new(|e| e.severity_id = 7)),
@@ -418,10 +711,18 @@ mod tests {
                 }),
             ),
             (
-                "metadata.product.name",
+                "metadata.product",
                 Box::new(|e| {
                     if let Some(m) = e.metadata.as_mut() {
                         m.product = None
+                    }
+                }),
+            ),
+            (
+                "metadata.product",
+                Box::new(|e| {
+                    if let Some(m) = e.metadata.as_mut() {
+                        m.product = Some(Product::default())
                     }
                 }),
             ),
@@ -463,7 +764,7 @@ mod tests {
             mutate(&mut event);
             let r = refusal(event);
             assert_eq!(
-                (r.field, r.code),
+                (r.field.as_str(), r.code),
                 (field, RejectionCode::InvalidArgument),
                 "{}",
                 r.reason
@@ -471,29 +772,64 @@ mod tests {
         }
     }
 
+    /// A realistic event of every supported class passes; without each
+    /// attribute its class requires, it is refused naming that attribute.
+    #[test]
+    fn every_supported_class_is_checked_against_its_required_attributes() {
+        let mut rng = rand::rng();
+        for kind in vigil_client::events::Kind::ALL {
+            let event = vigil_client::events::sample(kind, &mut rng, NOW - 1000);
+            let class = event.class_uid;
+            let accepted = validate(event.clone(), &device(), NOW, &Limits::default());
+            assert!(accepted.is_ok(), "{kind:?}: {:?}", accepted.err());
+            let Some(schema) = vigil_ocsf::schema().class(class) else {
+                panic!("class {class}")
+            };
+            for (name, attribute) in schema.required() {
+                // Objects the device may leave out: the gateway sets device.
+                if attribute.object_type.is_none() || name == "device" {
+                    continue;
+                }
+                let mut without = event.clone();
+                match name {
+                    "metadata" => without.metadata = None,
+                    "user" => without.user = None,
+                    "actor" => without.actor = None,
+                    "process" => without.process = None,
+                    "file" => without.file = None,
+                    other => {
+                        panic!("class {class} requires {other}: give the test a way to drop it")
+                    }
+                }
+                let r = refusal(without);
+                assert_eq!(r.field, name, "{kind:?}: {}", r.reason);
+                assert!(r.reason.contains("required by OCSF"), "{}", r.reason);
+            }
+        }
+    }
+
     #[test]
     fn another_tenant_or_device_is_permission_denied() {
         for (tenant, device_name, field) in [
-            ("globex", "", "metadata.tenant"),
-            ("", "cam-02", "metadata.device"),
+            ("globex", "", "metadata.tenant_uid"),
+            ("", "cam-02", "device.uid"),
         ] {
             let mut event = good();
-            if let Some(m) = event.metadata.as_mut() {
-                m.tenant = tenant.into();
-                m.device = device_name.into();
-            }
+            meta(&mut event).tenant_uid = tenant.into();
+            event.device.get_or_insert_default().uid = device_name.into();
             let r = refusal(event);
-            assert_eq!((r.field, r.code), (field, RejectionCode::PermissionDenied));
+            assert_eq!(
+                (r.field.as_str(), r.code),
+                (field, RejectionCode::PermissionDenied)
+            );
         }
     }
 
     #[test]
     fn the_callers_own_tenant_and_device_may_be_stated() {
         let mut event = good();
-        if let Some(m) = event.metadata.as_mut() {
-            m.tenant = "acme".into();
-            m.device = "cam-01".into();
-        }
+        meta(&mut event).tenant_uid = "acme".into();
+        event.device.get_or_insert_default().uid = "cam-01".into();
         assert!(validate(event, &device(), NOW, &Limits::default()).is_ok());
     }
 
@@ -530,9 +866,8 @@ mod tests {
                         e.severity_id = severity;
                         e.time = NOW + skew * 100;
                         e.message = message;
-                        let meta = e.metadata.get_or_insert_default();
-                        meta.tenant = tenant;
-                        meta.device = dev;
+                        e.metadata.get_or_insert_default().tenant_uid = tenant;
+                        e.device.get_or_insert_default().uid = dev;
                         e.unmapped = unmapped.into_iter().collect();
                         e.actor = Some(vigil_proto::event::v1::Actor {
                             user: Some(vigil_proto::event::v1::User {
@@ -556,13 +891,13 @@ mod tests {
                 if let Ok(a) = validate(event, &device(), NOW, &limits) {
                     let meta = a.event.metadata.clone().unwrap_or_default();
                     prop_assert_eq!(&a.tenant, "acme");
-                    prop_assert_eq!(meta.tenant.as_str(), "acme");
-                    prop_assert_eq!(meta.device.as_str(), "cam-01");
-                    prop_assert_eq!(meta.ingest_time, NOW);
+                    prop_assert_eq!(meta.tenant_uid.as_str(), "acme");
+                    prop_assert_eq!(a.event.device_uid(), "cam-01");
+                    prop_assert_eq!(meta.logged_time, NOW);
                     prop_assert!(a.event.encoded_len() <= limits.max_event_bytes);
                     prop_assert!(a.event.message.len() <= limits.max_message_bytes);
                     prop_assert!(a.event.unmapped.len() <= limits.max_unmapped_entries);
-                    prop_assert!(SEVERITIES.contains(&a.event.severity_id));
+                    prop_assert!((0..=6).contains(&a.event.severity_id) || a.event.severity_id == 99);
                     prop_assert_eq!(a.event.category_uid, a.event.class_uid / 1000);
                     prop_assert_eq!(
                         a.event.type_uid,
@@ -581,7 +916,7 @@ mod tests {
             ) {
                 prop_assume!(tenant != "acme");
                 let mut event = event;
-                event.metadata.get_or_insert_default().tenant = tenant;
+                event.metadata.get_or_insert_default().tenant_uid = tenant;
                 let refused = validate(event, &device(), NOW, &Limits::default());
                 prop_assert!(matches!(refused, Err(r) if r.code == RejectionCode::PermissionDenied));
             }

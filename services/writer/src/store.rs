@@ -40,9 +40,9 @@ impl TryFrom<SecurityEvent> for Row {
                 .ok_or_else(|| RowError(format!("{what} {ms} out of range")))
         };
         Ok(Row {
-            tenant: meta.tenant.clone(),
-            event_id: uuid::Uuid::parse_str(&event.event_id)
-                .map_err(|e| RowError(format!("event_id: {e}")))?,
+            tenant: meta.tenant_uid.clone(),
+            event_id: uuid::Uuid::parse_str(&meta.uid)
+                .map_err(|e| RowError(format!("metadata.uid: {e}")))?,
             time: time(event.time, "time")?,
             severity_id: i16::try_from(event.severity_id)
                 .map_err(|_| RowError("severity_id out of range".into()))?,
@@ -50,9 +50,9 @@ impl TryFrom<SecurityEvent> for Row {
             activity_id: event.activity_id,
             status_id: i16::try_from(event.status_id)
                 .map_err(|_| RowError("status_id out of range".into()))?,
-            device: meta.device.clone(),
+            device: event.device_uid().to_owned(),
             message: event.message.clone(),
-            ingest_time: time(meta.ingest_time, "metadata.ingest_time")?,
+            ingest_time: time(meta.logged_time, "metadata.logged_time")?,
             payload: event.encode_to_vec(),
         })
     }
@@ -241,20 +241,21 @@ impl TryFrom<Finding> for FindingRow {
             DateTime::from_timestamp_millis(ms)
                 .ok_or_else(|| RowError(format!("{what} {ms} out of range")))
         };
-        if f.tenant.is_empty() || f.finding_id.is_empty() {
-            return Err(RowError("finding without tenant or id".into()));
+        if f.tenant_uid().is_empty() || f.uid().is_empty() {
+            return Err(RowError(
+                "finding without metadata.tenant_uid or finding_info.uid".into(),
+            ));
         }
         Ok(FindingRow {
-            tenant: f.tenant.clone(),
-            finding_id: f.finding_id.clone(),
-            version: i32::try_from(f.version)
-                .map_err(|_| RowError("version out of range".into()))?,
-            rule_id: f.rule_id.clone(),
+            tenant: f.tenant_uid().to_owned(),
+            finding_id: f.uid().to_owned(),
+            version: f.version(),
+            rule_id: f.rule_id().to_owned(),
             severity_id: i16::try_from(f.severity_id)
                 .map_err(|_| RowError("severity_id out of range".into()))?,
-            window_start: time(f.window_start, "window_start")?,
-            window_end: time(f.window_end, "window_end")?,
-            count: i32::try_from(f.count).map_err(|_| RowError("count out of range".into()))?,
+            window_start: time(f.start_time, "start_time")?,
+            window_end: time(f.end_time, "end_time")?,
+            count: f.count,
             payload: f.encode_to_vec(),
         })
     }

@@ -56,7 +56,7 @@ pub async fn send(args: Send, out: Output) -> Result<(), Failure> {
         key: device_key,
     };
     let channel = vigil_client::connect(&gateway, &device).await?;
-    let id = event.event_id.clone();
+    let id = event.uid().to_owned();
     let response = IngestServiceClient::new(channel)
         .publish(PublishRequest {
             events: vec![event],

@@ -279,12 +279,12 @@ pub async fn get_finding(
     let finding = Finding::decode(payload.as_slice())
         .map_err(|e| ApiError::Internal(format!("stored finding {id}: {e}")))?;
     let ids: Vec<uuid::Uuid> = finding
-        .event_ids
-        .iter()
+        .related_event_uids()
+        .into_iter()
         .filter_map(|i| uuid::Uuid::parse_str(i).ok())
         .collect();
     let rows = sqlx::query("SELECT payload FROM events WHERE tenant = $1 AND event_id = ANY($2) ORDER BY time, event_id")
-        .bind(&finding.tenant)
+        .bind(finding.tenant_uid())
         .bind(ids)
         .fetch_all(&mut *tx)
         .await
