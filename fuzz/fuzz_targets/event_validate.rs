@@ -20,9 +20,8 @@ fuzz_target!(|data: &[u8]| {
     };
     for event in request.events {
         if let Ok(accepted) = validate(event, &device, NOW, &Limits::default()) {
-            let meta = accepted.event.metadata.unwrap_or_default();
-            assert_eq!(meta.tenant, "acme");
-            assert_eq!(meta.device, "cam-01");
+            assert_eq!(accepted.event.tenant_uid(), "acme");
+            assert_eq!(accepted.event.device_uid(), "cam-01");
         }
     }
 });
