@@ -55,6 +55,14 @@ async fn every_supported_class_round_trips_and_refusals_name_the_attribute() -> 
         let meta = expected.metadata.get_or_insert_default();
         meta.tenant_uid = "acme".into();
         meta.logged_time = got.metadata.as_ref().map_or(0, |m| m.logged_time);
+        // Device outside the System category is OCSF's host profile.
+        if let Some(p) = class
+            .attributes
+            .get("device")
+            .and_then(|a| a.profile.clone())
+        {
+            meta.profiles.push(p);
+        }
         let d = expected.device.get_or_insert_default();
         d.uid = "cam-01".into();
         d.name = "cam-01".into();
@@ -71,6 +79,9 @@ async fn every_supported_class_round_trips_and_refusals_name_the_attribute() -> 
         activity.activity_id = 77;
         cases.push((activity, "activity_id"));
     }
+    let mut foreign = sent[3].clone();
+    foreign.src_endpoint = sent[0].src_endpoint.clone();
+    cases.push((foreign, "src_endpoint"));
     let mut no_user = sent[0].clone();
     no_user.user = None;
     cases.push((no_user, "user"));

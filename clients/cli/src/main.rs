@@ -86,6 +86,8 @@ struct Cli {
 enum Output {
     Table,
     Json,
+    /// OCSF JSON, one event or finding per line (what OCSF tools read).
+    Ocsf,
 }
 
 #[derive(Subcommand)]

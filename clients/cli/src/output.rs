@@ -55,6 +55,12 @@ pub fn event_json(e: &SecurityEvent) -> Value {
 
 pub fn events(output: Output, events: &[SecurityEvent], next_page_token: &str) {
     match output {
+        Output::Ocsf => {
+            for e in events {
+                println!("{}", vigil_client::ocsf_json::event(e));
+            }
+            page_hint(next_page_token);
+        }
         Output::Json => {
             let body = json!({
                 "events": events.iter().map(event_json).collect::<Vec<_>>(),
@@ -92,6 +98,7 @@ pub fn events(output: Output, events: &[SecurityEvent], next_page_token: &str) {
 pub fn event(output: Output, e: &SecurityEvent) {
     let value = event_json(e);
     match output {
+        Output::Ocsf => println!("{}", vigil_client::ocsf_json::event(e)),
         Output::Json => println!("{value:#}"),
         Output::Table => {
             let mut table = Table::new();
@@ -112,14 +119,16 @@ pub fn event(output: Output, e: &SecurityEvent) {
 
 pub fn sent(output: Output, event_id: &str) {
     match output {
-        Output::Json => println!("{}", json!({"uid": event_id, "status": "durable"})),
+        Output::Json | Output::Ocsf => {
+            println!("{}", json!({"uid": event_id, "status": "durable"}))
+        }
         Output::Table => println!("sent {event_id} (durable)"),
     }
 }
 
 pub fn dead_letters(output: Output, letters: &[vigil_common::dlq::DeadLetter]) {
     match output {
-        Output::Json => {
+        Output::Json | Output::Ocsf => {
             let body: Vec<Value> = letters
                 .iter()
                 .map(|l| {
@@ -191,7 +200,7 @@ pub fn finding_json(f: &vigil_proto::finding::v1::Finding) -> Value {
 
 pub fn audit(output: Output, records: &[vigil_proto::audit::v1::AuditRecord]) {
     match output {
-        Output::Json => {
+        Output::Json | Output::Ocsf => {
             let body = json!({
                 "records": records.iter().map(|r| json!({
                     "audit_id": r.audit_id,
@@ -234,6 +243,12 @@ pub fn findings(
     next_page_token: &str,
 ) {
     match output {
+        Output::Ocsf => {
+            for f in findings {
+                println!("{}", vigil_client::ocsf_json::finding(f));
+            }
+            page_hint(next_page_token);
+        }
         Output::Json => {
             let body = json!({
                 "findings": findings.iter().map(finding_json).collect::<Vec<_>>(),
@@ -282,5 +297,13 @@ pub fn findings(
                 eprintln!("more: --page-token {next_page_token}");
             }
         }
+    }
+}
+
+/// Where a machine-readable listing continues (on stderr, so stdout stays
+/// one document per line).
+fn page_hint(next_page_token: &str) {
+    if !next_page_token.is_empty() {
+        eprintln!("more: --page-token {next_page_token}");
     }
 }

@@ -217,3 +217,104 @@ async fn admins_read_the_audit_trail_and_analysts_may_not() -> anyhow::Result<()
     mesh.stop().await;
     Ok(())
 }
+
+/// The Python that has the independent OCSF validator
+/// (deploy/install-ocsf-validator; deploy/test sets VIGIL_OCSF_PYTHON).
+fn ocsf_python() -> anyhow::Result<std::path::PathBuf> {
+    let path = std::env::var_os("VIGIL_OCSF_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| vigil_e2e::workspace_root().join(".tools/venv/bin/python"));
+    let ok = std::process::Command::new(&path)
+        .args(["-c", "import ocsf_json_schema, jsonschema"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    anyhow::ensure!(
+        ok,
+        "{} cannot import the OCSF validator: run deploy/install-ocsf-validator (deploy/test does)",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// `-o ocsf` prints OCSF JSON that an independent validator accepts, for
+/// every class vigil accepts and for a Detection Finding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ocsf_output_of_every_class_and_of_a_finding_validates() -> anyhow::Result<()> {
+    let python = ocsf_python()?;
+    let mesh = Mesh::start().await?;
+    let mut device = mesh.device("acme", "cam-01").await?;
+    let mut rng = rand::rng();
+    let now = vigil_common::now_millis();
+    let mut events: Vec<_> = vigil_client::events::Kind::ALL
+        .iter()
+        .map(|k| vigil_client::events::sample(*k, &mut rng, now - 1000))
+        .collect();
+    // Six failed logins from one address 20 minutes ago: a brute force the
+    // correlator reports once the window closed.
+    for i in 0..6 {
+        let mut e = vigil_client::events::sample(
+            vigil_client::events::Kind::LoginFailure,
+            &mut rng,
+            now - 20 * 60_000 + i * 1000,
+        );
+        e.src_endpoint = Some(vigil_proto::event::v1::NetworkEndpoint {
+            ip: "203.0.113.77".into(),
+            ..Default::default()
+        });
+        events.push(e);
+    }
+    let n = events.len() as i64;
+    let response = device
+        .publish(vigil_proto::ingest::v1::PublishRequest { events })
+        .await?
+        .into_inner();
+    assert!(response.rejected.is_empty(), "{:?}", response.rejected);
+    mesh.wait_for_events(n).await?;
+    vigil_e2e::wait_until(std::time::Duration::from_secs(30), "a finding", || async {
+        mesh.stored_findings().await.ok() >= Some(1)
+    })
+    .await?;
+
+    let dir = tempfile::tempdir()?;
+    let mut files = Vec::new();
+    for (name, args) in [
+        ("events", vec!["events", "-o", "ocsf", "--limit", "100"]),
+        ("findings", vec!["findings", "-o", "ocsf"]),
+    ] {
+        let out = vigil(&mesh, &args)?;
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let lines = text(&out.stdout);
+        for line in lines.lines() {
+            let doc: serde_json::Value = serde_json::from_str(line)?;
+            assert!(
+                doc["class_uid"].is_i64() && doc["type_uid"].is_i64(),
+                "{line}"
+            );
+        }
+        let path = dir.path().join(format!("{name}.jsonl"));
+        std::fs::write(&path, lines)?;
+        files.push(path);
+    }
+    let classes: std::collections::BTreeSet<i64> = std::fs::read_to_string(&files[0])?
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["class_uid"].as_i64())
+        .collect();
+    assert_eq!(
+        classes.len(),
+        vigil_ocsf::SUPPORTED_CLASSES.len(),
+        "{classes:?}"
+    );
+    let validate = std::process::Command::new(python)
+        .arg(vigil_e2e::workspace_root().join("deploy/ocsf/validate.py"))
+        .args(&files)
+        .output()?;
+    println!("{}", text(&validate.stdout));
+    assert!(
+        validate.status.success(),
+        "{}{}",
+        text(&validate.stdout),
+        text(&validate.stderr)
+    );
+    mesh.stop().await;
+    Ok(())
+}

@@ -373,7 +373,11 @@ pub fn sample(kind: Kind, rng: &mut impl Rng, time_ms: i64) -> SecurityEvent {
             e
         }
     };
-    event.src_endpoint = Some(endpoint(src, src_port));
+    // Where it came from, for the classes that have a source (System
+    // Activity events happen on the device itself).
+    if event.class_uid / 1000 != 1 {
+        event.src_endpoint = Some(endpoint(src, src_port));
+    }
     // The reporting device; the gateway overwrites its uid from the
     // certificate. OCSF device type_id 1: Server.
     event.device = Some(Device {

@@ -6,6 +6,7 @@
 pub mod device;
 pub mod events;
 pub mod names;
+pub mod ocsf_json;
 pub mod scenario;
 
 use std::path::{Path, PathBuf};

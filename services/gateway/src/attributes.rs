@@ -88,6 +88,7 @@ impl<'a> Node<'a> {
             (Node::Metadata(m), "logged_time") => m.logged_time != 0,
             (Node::Metadata(m), "original_time") => text(&m.original_time),
             (Node::Metadata(m), "sequence") => m.sequence != 0,
+            (Node::Metadata(m), "profiles") => !m.profiles.is_empty(),
             (Node::Product(p), "name") => text(&p.name),
             (Node::Product(p), "vendor_name") => text(&p.vendor_name),
             (Node::Product(p), "version") => text(&p.version),

@@ -192,7 +192,19 @@ pub fn validate(
         d.name = device.device.clone();
     }
 
+    // Device outside the System category comes with OCSF's host profile.
+    if let Some(profile) = class
+        .attributes
+        .get("device")
+        .and_then(|a| a.profile.clone())
+    {
+        let profiles = &mut event.metadata.get_or_insert_default().profiles;
+        if !profiles.contains(&profile) {
+            profiles.push(profile);
+        }
+    }
     let what = format!("OCSF {} ({})", class.caption, class.uid);
+    check_attributes_belong(&event, class, &what)?;
     check_node(
         Node::Event(&event),
         &class.attributes,
@@ -357,6 +369,79 @@ fn check_time(time: i64, now_ms: i64, limits: &Limits) -> Result<(), Refusal> {
                 limits.max_age.as_secs()
             ),
         ));
+    }
+    Ok(())
+}
+
+/// The top-level attributes `SecurityEvent` can carry.
+const EVENT_ATTRIBUTES: &[&str] = &[
+    "message",
+    "device",
+    "actor",
+    "user",
+    "src_endpoint",
+    "dst_endpoint",
+    "process",
+    "file",
+    "query",
+    "http_request",
+    "service",
+    "observables",
+    "privileges",
+    "status_detail",
+    "unmapped",
+];
+
+/// Every attribute the event carries is one its class defines, and one
+/// that only a profile adds is allowed only with that profile in
+/// `metadata.profiles` (OCSF consumers refuse anything else).
+fn check_attributes_belong(
+    event: &SecurityEvent,
+    class: &vigil_ocsf::Class,
+    what: &str,
+) -> Result<(), Refusal> {
+    let node = Node::Event(event);
+    let profiles = event
+        .metadata
+        .as_ref()
+        .map(|m| m.profiles.as_slice())
+        .unwrap_or_default();
+    if profiles.len() > 16 {
+        return Err(invalid("metadata.profiles", "at most 16 profiles"));
+    }
+    for (i, p) in profiles.iter().enumerate() {
+        let known = class
+            .attributes
+            .values()
+            .any(|a| a.profile.as_ref() == Some(p));
+        if !known {
+            return Err(invalid(
+                format!("metadata.profiles[{i}]"),
+                format!("{:?} is not an OCSF profile of {what}", truncate(p)),
+            ));
+        }
+    }
+    for name in EVENT_ATTRIBUTES {
+        if !node.has(name) {
+            continue;
+        }
+        match class.attributes.get(*name) {
+            None => {
+                return Err(invalid(*name, format!("not an attribute of {what}")));
+            }
+            Some(a) => {
+                if let Some(p) = &a.profile
+                    && !profiles.contains(p)
+                {
+                    return Err(invalid(
+                        *name,
+                        format!(
+                            "an attribute of {what} only with the OCSF {p} profile; add {p:?} to metadata.profiles"
+                        ),
+                    ));
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -685,6 +770,14 @@ mod tests {
             ("class_uid", Box::new(|e| e.class_uid = 9999)),
             ("activity_id", Box::new(|e| e.activity_id = 42)),
             ("user", Box::new(|e| e.user = None)),
+            (
+                "file",
+                Box::new(|e| e.file = Some(vigil_proto::event::v1::File::default())),
+            ),
+            (
+                "metadata.profiles[0]",
+                Box::new(|e| meta(e).profiles.push("no-such-profile".into())),
+            ),
             (
                 "service|dst_endpoint",
                 Box::new(|e| {
