@@ -9,6 +9,7 @@ const PROTOS: &[&str] = &[
     "vigil/finding/v1/finding.proto",
     "vigil/ingest/v1/ingest.proto",
     "vigil/query/v1/query.proto",
+    "vigil/schema/v1/schema.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

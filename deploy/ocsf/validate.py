@@ -5,7 +5,9 @@ independent `ocsf-json-schema` package and checked with `jsonschema`
 (Draft 2020-12). Exit 0 when every document is valid, 1 otherwise (each
 problem printed), 2 on bad usage.
 
-Usage: validate.py [--version 1.8.0] FILE...
+Usage: validate.py [--version 1.8.0] [--schema SCHEMA.json] FILE...
+With --schema, the documents are checked against that JSON Schema instead
+(e.g. one `vigil schema <class> -o json` printed).
 The version is the newest OCSF release the package ships (vigil targets
 the 1.9.0-dev schema in ocsf/schema; 1.9 adds nothing vigil's attributes
 use).
@@ -21,10 +23,16 @@ from ocsf_json_schema import OcsfJsonSchemaEmbedded, get_ocsf_schema
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--version", default="1.8.0")
+    parser.add_argument("--schema")
     parser.add_argument("files", nargs="+")
     args = parser.parse_args()
     schema = OcsfJsonSchemaEmbedded(get_ocsf_schema(version=args.version))
     validators = {}
+    if args.schema:
+        with open(args.schema, encoding="utf-8") as f:
+            given = json.load(f)
+        Draft202012Validator.check_schema(given)
+        fixed = Draft202012Validator(given)
     checked = 0
     problems = 0
     for path in args.files:
@@ -36,7 +44,9 @@ def main() -> int:
                 class_uid = document.get("class_uid")
                 profiles = tuple(sorted(document.get("metadata", {}).get("profiles", [])))
                 key = (class_uid, profiles)
-                if key not in validators:
+                if args.schema:
+                    validators[key] = fixed
+                elif key not in validators:
                     name = schema.lookup_class_name_from_uid(class_uid)
                     validators[key] = Draft202012Validator(
                         schema.get_class_schema(name, profiles=list(profiles))
@@ -46,7 +56,8 @@ def main() -> int:
                     problems += 1
                     where = "/".join(str(p) for p in error.absolute_path) or "(document)"
                     print(f"{path}:{number}: class {class_uid}: {where}: {error.message}")
-    print(f"{checked} OCSF documents checked against OCSF {args.version}: {problems} problems")
+    against = args.schema or f"OCSF {args.version}"
+    print(f"{checked} OCSF documents checked against {against}: {problems} problems")
     return 1 if problems or not checked else 0
 
 

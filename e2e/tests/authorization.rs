@@ -142,42 +142,47 @@ async fn role_matrix_every_identity_times_every_rpc() -> anyhow::Result<()> {
     };
     use Code::{Ok as OK, PermissionDenied as PD, Unauthenticated as UA};
     // Publish, PublishStream, ListEvents, GetEvent, ListFindings,
-    // GetFinding, ListAuditRecords (operational: admins only)
-    let matrix: Vec<(&str, TlsFiles, [Code; 7])> = vec![
+    // GetFinding, ListAuditRecords (operational: admins only), and the
+    // schema catalogue's ListClasses and GetClass (any authenticated identity)
+    let matrix: Vec<(&str, TlsFiles, [Code; 9])> = vec![
         (
             "device acme/cam-01",
             mesh.device_files("acme", "cam-01"),
-            [OK, OK, PD, PD, PD, PD, PD],
+            [OK, OK, PD, PD, PD, PD, PD, OK, OK],
         ),
         (
             "analyst (3 tenants)",
             user_files(&mesh, "analyst"),
-            [PD, PD, OK, OK, OK, OK, PD],
+            [PD, PD, OK, OK, OK, OK, PD, OK, OK],
         ),
         (
             "acme-analyst",
             user_files(&mesh, "acme-analyst"),
-            [PD, PD, OK, OK, OK, OK, PD],
+            [PD, PD, OK, OK, OK, OK, PD, OK, OK],
         ),
         (
             "admin",
             user_files(&mesh, "admin"),
-            [PD, PD, OK, OK, OK, OK, OK],
+            [PD, PD, OK, OK, OK, OK, OK, OK, OK],
         ),
         (
             "intern (no grant)",
             user_files(&mesh, "intern"),
-            [PD, PD, PD, PD, PD, PD, PD],
+            [PD, PD, PD, PD, PD, PD, PD, OK, OK],
         ),
-        ("service nats/writer", service, [PD, PD, PD, PD, PD, PD, PD]),
+        (
+            "service nats/writer",
+            service,
+            [PD, PD, PD, PD, PD, PD, PD, OK, OK],
+        ),
         (
             "spiffe://evil.example/user/admin",
             other,
-            [UA, UA, UA, UA, UA, UA, UA],
+            [UA, UA, UA, UA, UA, UA, UA, UA, UA],
         ),
     ];
     let mut table = String::from(
-        "identity | Publish | PublishStream | ListEvents | GetEvent | ListFindings | GetFinding | ListAuditRecords\n",
+        "identity | Publish | PublishStream | ListEvents | GetEvent | ListFindings | GetFinding | ListAuditRecords | ListClasses | GetClass\n",
     );
     let mut wrong = Vec::new();
     for (who, files, expected) in matrix {
@@ -185,6 +190,10 @@ async fn role_matrix_every_identity_times_every_rpc() -> anyhow::Result<()> {
             IngestServiceClient::new(vigil_client::connect(&mesh.gateway_url(), &files).await?);
         let mut query =
             QueryServiceClient::new(vigil_client::connect(&mesh.reader_url(), &files).await?);
+        let mut catalogue =
+            vigil_proto::schema::v1::schema_service_client::SchemaServiceClient::new(
+                vigil_client::connect(&mesh.gateway_url(), &files).await?,
+            );
         let stream_code = match ingest
             .publish_stream(tokio_stream::iter(vec![PublishStreamRequest {
                 batch_seq: 1,
@@ -220,6 +229,16 @@ async fn role_matrix_every_identity_times_every_rpc() -> anyhow::Result<()> {
             code(
                 query
                     .list_audit_records(ListAuditRecordsRequest::default())
+                    .await,
+            ),
+            code(
+                catalogue
+                    .list_classes(vigil_proto::schema::v1::ListClassesRequest {})
+                    .await,
+            ),
+            code(
+                catalogue
+                    .get_class(vigil_proto::schema::v1::GetClassRequest { class_uid: 3002 })
                     .await,
             ),
         ];

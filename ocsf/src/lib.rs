@@ -215,3 +215,162 @@ mod tests {
         );
     }
 }
+
+/// The JSON Schema (draft 2020-12) of `class`: every attribute with its
+/// type (enums of `*_id` attributes as their ids), the required ones, the
+/// `at_least_one` and `just_one` constraints, and every object it refers
+/// to, transitively, in `$defs`.
+pub fn json_schema(class: &Class) -> serde_json::Value {
+    use serde_json::{Map, Value, json};
+    let schema = self::schema();
+    let mut defs = Map::new();
+    let mut pending: Vec<String> = Vec::new();
+
+    fn attribute_schema(
+        schema: &Schema,
+        name: &str,
+        attribute: &Attribute,
+        pending: &mut Vec<String>,
+    ) -> Value {
+        let one = match attribute.object_type.as_deref() {
+            Some("object") => json!({ "type": "object" }),
+            Some(object) => {
+                pending.push(object.to_owned());
+                json!({ "$ref": format!("#/$defs/{object}") })
+            }
+            None => {
+                let mut v = match schema.base_type(&attribute.type_name) {
+                    "integer_t" | "long_t" => json!({ "type": "integer" }),
+                    "boolean_t" => json!({ "type": "boolean" }),
+                    "float_t" => json!({ "type": "number" }),
+                    "json_t" => json!({}),
+                    _ => json!({ "type": "string" }),
+                };
+                if name.ends_with("_id") && !attribute.values.is_empty() {
+                    let ids: Vec<i64> = attribute
+                        .values
+                        .keys()
+                        .filter_map(|k| k.parse().ok())
+                        .collect();
+                    v["enum"] = json!(ids);
+                }
+                v
+            }
+        };
+        if attribute.is_array {
+            json!({ "type": "array", "items": one })
+        } else {
+            one
+        }
+    }
+
+    fn object_schema(
+        schema: &Schema,
+        attributes: &BTreeMap<String, Attribute>,
+        constraints: &Constraints,
+        pending: &mut Vec<String>,
+    ) -> Map<String, Value> {
+        let mut out = Map::new();
+        out.insert("type".into(), json!("object"));
+        let properties: Map<String, Value> = attributes
+            .iter()
+            .map(|(n, a)| (n.clone(), attribute_schema(schema, n, a, pending)))
+            .collect();
+        out.insert("properties".into(), Value::Object(properties));
+        let required: Vec<&String> = attributes
+            .iter()
+            .filter(|(_, a)| a.requirement == Requirement::Required && a.profile.is_none())
+            .map(|(n, _)| n)
+            .collect();
+        if !required.is_empty() {
+            out.insert("required".into(), json!(required));
+        }
+        let mut all_of = Vec::new();
+        if !constraints.at_least_one.is_empty() {
+            let any: Vec<Value> = constraints
+                .at_least_one
+                .iter()
+                .map(|a| json!({ "required": [a] }))
+                .collect();
+            all_of.push(json!({ "anyOf": any }));
+        }
+        if !constraints.just_one.is_empty() {
+            let one: Vec<Value> = constraints
+                .just_one
+                .iter()
+                .map(|a| json!({ "required": [a] }))
+                .collect();
+            all_of.push(json!({ "oneOf": one }));
+        }
+        if !all_of.is_empty() {
+            out.insert("allOf".into(), json!(all_of));
+        }
+        out
+    }
+
+    let mut root = object_schema(schema, &class.attributes, &class.constraints, &mut pending);
+    while let Some(name) = pending.pop() {
+        if defs.contains_key(&name) {
+            continue;
+        }
+        let Some(object) = schema.object(&name) else {
+            defs.insert(name, json!({ "type": "object" }));
+            continue;
+        };
+        let def = object_schema(
+            schema,
+            &object.attributes,
+            &object.constraints,
+            &mut pending,
+        );
+        defs.insert(name, Value::Object(def));
+    }
+    root.insert(
+        "$schema".into(),
+        json!("https://json-schema.org/draft/2020-12/schema"),
+    );
+    root.insert(
+        "$id".into(),
+        json!(format!(
+            "https://schema.ocsf.io/schema/{}/classes/{}",
+            schema.version, class.name
+        )),
+    );
+    root.insert("title".into(), json!(class.caption));
+    root.insert("$defs".into(), Value::Object(defs));
+    Value::Object(root)
+}
+
+#[cfg(test)]
+mod json_schema_tests {
+    use super::*;
+
+    #[test]
+    fn a_class_schema_requires_what_the_class_requires_and_defines_its_objects() {
+        let Some(auth) = schema().class(3002) else {
+            panic!("3002")
+        };
+        let s = json_schema(auth);
+        let required: Vec<&str> = s["required"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+            .unwrap_or_default();
+        assert!(
+            required.contains(&"user") && required.contains(&"metadata"),
+            "{required:?}"
+        );
+        assert_eq!(s["properties"]["user"]["$ref"], "#/$defs/user");
+        assert_eq!(s["properties"]["time"]["type"], "integer");
+        assert!(s["$defs"]["user"]["properties"]["name"].is_object());
+        assert!(
+            s["$defs"]["metadata"]["required"]
+                .as_array()
+                .is_some_and(|r| r.contains(&serde_json::json!("version")))
+        );
+        assert_eq!(s["allOf"][0]["anyOf"][0]["required"][0], "service");
+        let ids = s["properties"]["activity_id"]["enum"]
+            .as_array()
+            .map(Vec::len);
+        assert!(ids.is_some_and(|n| n >= 7), "{ids:?}");
+    }
+}

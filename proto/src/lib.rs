@@ -36,6 +36,12 @@ pub mod query {
     }
 }
 
+pub mod schema {
+    pub mod v1 {
+        tonic::include_proto!("vigil.schema.v1");
+    }
+}
+
 /// Encoded `FileDescriptorSet` of every vigil package, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("vigil_descriptor");
 

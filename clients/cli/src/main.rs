@@ -166,6 +166,14 @@ enum Command {
         #[arg(long)]
         message: Option<String>,
     },
+    /// The OCSF classes the gateway accepts (the schema catalogue).
+    Schemas,
+    /// One class: its activities and attributes (`-o json` adds its JSON
+    /// Schema), e.g. `vigil schema 3002` or `vigil schema authentication`.
+    Schema {
+        /// The class uid or OCSF name.
+        class: String,
+    },
     /// Operator commands.
     Admin {
         #[command(subcommand)]
@@ -281,6 +289,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 message,
             };
             commands::send::send(args, output).await
+        }
+        Command::Schemas => commands::schema::list(&reader.files, &gateway, output).await,
+        Command::Schema { class } => {
+            commands::schema::show(&reader.files, &gateway, output, &class).await
         }
         Command::Admin {
             command: AdminCommand::Migrate { database_url },

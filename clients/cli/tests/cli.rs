@@ -315,6 +315,54 @@ async fn ocsf_output_of_every_class_and_of_a_finding_validates() -> anyhow::Resu
         text(&validate.stdout),
         text(&validate.stderr)
     );
+
+    // The schema catalogue: the classes, and each class's JSON Schema,
+    // which the same events satisfy.
+    let listed = vigil(&mesh, &["schemas", "-o", "json"])?;
+    assert!(listed.status.success(), "{}", text(&listed.stderr));
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout)?;
+    assert_eq!(listed["ocsf_version"], vigil_ocsf::VERSION);
+    assert_eq!(
+        listed["classes"].as_array().map(Vec::len),
+        Some(vigil_ocsf::SUPPORTED_CLASSES.len())
+    );
+    let table = vigil(&mesh, &["schema", "authentication"])?;
+    assert!(
+        text(&table.stdout).contains("required"),
+        "{}",
+        text(&table.stdout)
+    );
+    let shown = vigil(&mesh, &["schema", "3002", "-o", "json"])?;
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout)?;
+    let schema_file = dir.path().join("3002.schema.json");
+    std::fs::write(&schema_file, shown["json_schema"].to_string())?;
+    let logins: String = std::fs::read_to_string(&files[0])?
+        .lines()
+        .filter(|l| l.contains("\"class_uid\":3002"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let logins_file = dir.path().join("3002.jsonl");
+    std::fs::write(&logins_file, logins)?;
+    let against_catalogue = std::process::Command::new(ocsf_python()?)
+        .arg(vigil_e2e::workspace_root().join("deploy/ocsf/validate.py"))
+        .arg("--schema")
+        .arg(&schema_file)
+        .arg(&logins_file)
+        .output()?;
+    println!("{}", text(&against_catalogue.stdout));
+    assert!(
+        against_catalogue.status.success(),
+        "{}{}",
+        text(&against_catalogue.stdout),
+        text(&against_catalogue.stderr)
+    );
+    let unknown = vigil(&mesh, &["schema", "9999"])?;
+    assert_eq!(unknown.status.code(), Some(1), "{}", text(&unknown.stderr));
+    assert!(
+        text(&unknown.stderr).contains("9999"),
+        "{}",
+        text(&unknown.stderr)
+    );
     mesh.stop().await;
     Ok(())
 }

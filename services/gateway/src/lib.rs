@@ -7,12 +7,14 @@
 //! - [`attributes`]: which OCSF attributes an event carries.
 //! - [`pseudonym`]: per-tenant keyed hashes of chosen fields.
 //! - [`publish`]: grouping into batches, message ids, waiting for acks.
-//! - [`service`]: the gRPC service.
+//! - [`service`]: the gRPC IngestService.
+//! - [`catalogue`]: the schema catalogue (`vigil.schema.v1.SchemaService`).
 //! - this file: the gateway's own settings ([`Config`] → [`Loaded`]) and
 //!   its [`Service`] lifecycle. Hard dependency: JetStream (the NATS
 //!   connection).
 
 pub mod attributes;
+pub mod catalogue;
 pub mod pseudonym;
 pub mod publish;
 pub mod service;
@@ -206,6 +208,12 @@ impl Service for Gateway {
             .edge
             .server(LIMITS)
             .add_service(ingest)
+            // The schema catalogue: any authenticated identity.
+            .add_service(
+                vigil_proto::schema::v1::schema_service_server::SchemaServiceServer::new(
+                    catalogue::Catalogue,
+                ),
+            )
             .add_optional_service(vigil_common::grpc::reflection());
         self.edge.serve(router, &shutdown).await?;
         vigil_common::nats::flush_within(&self.nats, vigil_common::shutdown::FLUSH_LIMIT).await;

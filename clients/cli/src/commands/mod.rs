@@ -2,4 +2,5 @@
 
 pub mod admin;
 pub mod query;
+pub mod schema;
 pub mod send;
