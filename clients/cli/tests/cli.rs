@@ -221,9 +221,12 @@ async fn admins_read_the_audit_trail_and_analysts_may_not() -> anyhow::Result<()
 /// The Python that has the independent OCSF validator
 /// (deploy/install-ocsf-validator; deploy/test sets VIGIL_OCSF_PYTHON).
 fn ocsf_python() -> anyhow::Result<std::path::PathBuf> {
-    let path = std::env::var_os("VIGIL_OCSF_PYTHON")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| vigil_e2e::workspace_root().join(".tools/venv/bin/python"));
+    // A relative path is relative to the repository root, where deploy/ runs.
+    let path = vigil_e2e::workspace_root().join(
+        std::env::var_os("VIGIL_OCSF_PYTHON")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| ".tools/venv/bin/python".into()),
+    );
     let ok = std::process::Command::new(&path)
         .args(["-c", "import ocsf_json_schema, jsonschema"])
         .output()
