@@ -13,44 +13,10 @@ fn time(ms: i64) -> String {
         .unwrap_or_else(|| ms.to_string())
 }
 
+/// An event in `-o json` listings: its OCSF JSON (as `-o ocsf`), which
+/// loses nothing.
 pub fn event_json(e: &SecurityEvent) -> Value {
-    let meta = e.metadata.clone().unwrap_or_default();
-    let endpoint = |ep: &Option<vigil_proto::event::v1::NetworkEndpoint>| {
-        ep.as_ref()
-            .map(|ep| json!({"ip": ep.ip, "port": ep.port, "hostname": ep.hostname}))
-    };
-    json!({
-        "uid": meta.uid,
-        "time": time(e.time),
-        "time_ms": e.time,
-        "tenant_uid": meta.tenant_uid,
-        "device_uid": e.device_uid(),
-        "class_uid": e.class_uid,
-        "class_name": class_name(e.class_uid),
-        "category_uid": e.category_uid,
-        "activity_id": e.activity_id,
-        "type_uid": e.type_uid,
-        "severity_id": e.severity_id,
-        "severity": severity_name(e.severity_id),
-        "status_id": e.status_id,
-        "message": e.message,
-        "user": e.user.as_ref().map(|u| u.name.clone()),
-        "actor": e.actor.as_ref().map(|a| json!({
-            "user": a.user.as_ref().map(|u| u.name.clone()),
-            "process": a.process.as_ref().map(|p| p.name.clone()),
-        })),
-        "process": e.process.as_ref().map(|p| json!({"name": p.name, "pid": p.pid, "cmd_line": p.cmd_line})),
-        "file": e.file.as_ref().map(|f| json!({"name": f.name, "path": f.path})),
-        "query": e.query.as_ref().map(|q| json!({"hostname": q.hostname})),
-        "src_endpoint": endpoint(&e.src_endpoint),
-        "dst_endpoint": endpoint(&e.dst_endpoint),
-        "metadata": {
-            "version": meta.version,
-            "product": meta.product.as_ref().map(|p| p.name.clone()),
-            "logged_time": time(meta.logged_time),
-        },
-        "unmapped": e.unmapped,
-    })
+    vigil_client::ocsf_json::event(e)
 }
 
 pub fn events(output: Output, events: &[SecurityEvent], next_page_token: &str) {
@@ -178,24 +144,9 @@ pub fn dead_letters(output: Output, letters: &[vigil_common::dlq::DeadLetter]) {
     }
 }
 
+/// A finding in `-o json` listings: its OCSF JSON (a Detection Finding).
 pub fn finding_json(f: &vigil_proto::finding::v1::Finding) -> Value {
-    let info = f.finding_info.clone().unwrap_or_default();
-    json!({
-        "uid": f.uid(),
-        "activity": if f.activity_id == 2 { "Update" } else { "Create" },
-        "version": f.version(),
-        "rule_id": f.rule_id(),
-        "title": info.title,
-        "severity": severity_name(f.severity_id),
-        "severity_id": f.severity_id,
-        "technique": f.technique(),
-        "tenant_uid": f.tenant_uid(),
-        "observables": f.observables.iter().map(|k| (k.name.clone(), Value::String(k.value.clone()))).collect::<serde_json::Map<_, _>>(),
-        "start_time": time(f.start_time),
-        "end_time": time(f.end_time),
-        "count": f.count,
-        "related_events": f.related_event_uids(),
-    })
+    vigil_client::ocsf_json::finding(f)
 }
 
 pub fn audit(output: Output, records: &[vigil_proto::audit::v1::AuditRecord]) {
