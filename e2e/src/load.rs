@@ -211,7 +211,7 @@ impl Ledger {
         let deadline = fault_end + timeout;
         loop {
             let stored: i64 =
-                sqlx::query_scalar("SELECT count(*) FROM events WHERE event_id = ANY($1::uuid[])")
+                sqlx::query_scalar("SELECT count(*) FROM events WHERE uid = ANY($1::uuid[])")
                     .bind(
                         ids.iter()
                             .filter_map(|id| uuid::Uuid::parse_str(id).ok())
@@ -244,7 +244,7 @@ impl Ledger {
         let deadline = recovery_start + timeout;
         let mut stored: HashSet<String>;
         loop {
-            stored = sqlx::query_scalar::<_, uuid::Uuid>("SELECT event_id FROM events")
+            stored = sqlx::query_scalar::<_, uuid::Uuid>("SELECT uid FROM events")
                 .fetch_all(pool)
                 .await?
                 .into_iter()
@@ -256,7 +256,7 @@ impl Ledger {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let (rows, distinct): (i64, i64) =
-            sqlx::query_as("SELECT count(*), count(DISTINCT event_id) FROM events")
+            sqlx::query_as("SELECT count(*), count(DISTINCT uid) FROM events")
                 .fetch_one(pool)
                 .await?;
         let mut times = self.ack_times.lock().await.clone();

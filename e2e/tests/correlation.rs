@@ -174,7 +174,7 @@ async fn two_correlators_split_the_tenants_without_missing_or_doubling() -> anyh
     }
     // No finding twice.
     let (rows, distinct): (i64, i64) =
-        sqlx::query_as("SELECT count(*), count(DISTINCT finding_id) FROM findings")
+        sqlx::query_as("SELECT count(*), count(DISTINCT uid) FROM findings")
             .fetch_one(&mesh.pool)
             .await?;
     assert_eq!((rows, distinct), (9, 9));

@@ -203,7 +203,7 @@ async fn uninterrupted_findings(
 ) -> anyhow::Result<std::collections::BTreeSet<(String, usize)>> {
     use prost::Message;
     let rows: Vec<(String, Vec<u8>)> =
-        sqlx::query_as("SELECT tenant, payload FROM events ORDER BY time, event_id")
+        sqlx::query_as("SELECT tenant, payload FROM events ORDER BY time, uid")
             .fetch_all(pool)
             .await?;
     let rules = vigil_correlator::rules::parse(&std::fs::read_to_string(
@@ -307,7 +307,7 @@ async fn correlator_killed_mid_stream_emits_what_an_uninterrupted_run_would() ->
     let expected = uninterrupted_findings(&stack.pool).await?;
     assert_eq!(expected.len(), 9);
     let stored = || async {
-        sqlx::query_as::<_, (String, i32)>("SELECT finding_id, count FROM findings")
+        sqlx::query_as::<_, (String, i32)>("SELECT uid, count FROM findings")
             .fetch_all(&stack.pool)
             .await
             .map(|rows| {

@@ -36,7 +36,7 @@ async fn newest_high_events_are_an_index_scan() -> anyhow::Result<()> {
     vigil_writer::MIGRATOR.run(&pool).await?;
     // 20 tenants, 20,000 events over a day, every severity.
     sqlx::query(
-        "INSERT INTO events (tenant, event_id, time, severity_id, class_uid, activity_id, status_id, device, message, ingest_time, payload)
+        "INSERT INTO events (tenant, uid, time, severity_id, class_uid, activity_id, status_id, device_uid, message, logged_time, payload)
          SELECT 't' || (i % 20), gen_random_uuid(), now() - i * interval '4 seconds', (i % 6) + 1, 3002, 1, 1, 'd', 'm', now(), ''::bytea
          FROM generate_series(1, 20000) AS i",
     )

@@ -126,7 +126,7 @@ async fn poison_goes_to_the_dlq_and_a_fixed_one_replays_once() -> anyhow::Result
             .iter()
             .filter_map(|i| uuid::Uuid::parse_str(i).ok())
             .collect();
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM events WHERE event_id = ANY($1)")
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM events WHERE uid = ANY($1)")
             .bind(ids)
             .fetch_one(&pool)
             .await

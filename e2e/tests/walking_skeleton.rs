@@ -69,7 +69,7 @@ async fn thousand_events_from_two_tenants_land_once_and_page_newest_first() -> a
     assert_eq!(a? + g?, 1000);
 
     mesh.wait_for_events(1000).await?;
-    let distinct: i64 = sqlx::query_scalar("SELECT count(DISTINCT (tenant, event_id)) FROM events")
+    let distinct: i64 = sqlx::query_scalar("SELECT count(DISTINCT (tenant, uid)) FROM events")
         .fetch_one(&mesh.pool)
         .await?;
     assert_eq!(distinct, 1000);
@@ -282,13 +282,12 @@ async fn mixed_batch_accepts_the_valid_events_and_names_each_invalid_field() -> 
     assert!(r.rejected.iter().all(|x| !x.reason.is_empty()));
 
     mesh.wait_for_events(2).await?;
-    let stored: HashSet<String> =
-        sqlx::query_scalar::<_, uuid::Uuid>("SELECT event_id FROM events")
-            .fetch_all(&mesh.pool)
-            .await?
-            .into_iter()
-            .map(|u| u.to_string())
-            .collect();
+    let stored: HashSet<String> = sqlx::query_scalar::<_, uuid::Uuid>("SELECT uid FROM events")
+        .fetch_all(&mesh.pool)
+        .await?
+        .into_iter()
+        .map(|u| u.to_string())
+        .collect();
     assert_eq!(
         stored,
         HashSet::from([batch[0].uid().to_owned(), batch[5].uid().to_owned()])

@@ -93,7 +93,10 @@ async fn send_then_list_as_table_and_json() -> anyhow::Result<()> {
         1
     );
 
-    let id = events[0]["metadata"]["uid"].as_str().unwrap_or_default().to_owned();
+    let id = events[0]["metadata"]["uid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     let one = vigil(&mesh, &["event", &id, "-o", "json"])?;
     let value: serde_json::Value = serde_json::from_slice(&one.stdout)?;
     assert_eq!(value["metadata"]["uid"], id);

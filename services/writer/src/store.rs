@@ -90,9 +90,9 @@ pub async fn insert_events(pool: &PgPool, rows: &[Row]) -> Result<u64, sqlx::Err
     }
     let mut tx = pool.begin().await?;
     let result = sqlx::query(
-        "INSERT INTO events (tenant, event_id, time, severity_id, class_uid, activity_id, status_id, device, message, ingest_time, payload)
+        "INSERT INTO events (tenant, uid, time, severity_id, class_uid, activity_id, status_id, device_uid, message, logged_time, payload)
          SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::timestamptz[], $4::int2[], $5::int4[], $6::int4[], $7::int2[], $8::text[], $9::text[], $10::timestamptz[], $11::bytea[])
-         ON CONFLICT (tenant, event_id) DO NOTHING",
+         ON CONFLICT (tenant, uid) DO NOTHING",
     )
     .bind(&tenant)
     .bind(&event_id)
@@ -318,11 +318,11 @@ pub async fn insert(pool: &PgPool, records: &[Record]) -> Result<u64, sqlx::Erro
     }
     let findings: Vec<FindingRow> = newest.into_values().collect();
     let result = sqlx::query(
-        "INSERT INTO findings (tenant, finding_id, version, rule_id, severity_id, window_start, window_end, count, payload)
+        "INSERT INTO findings (tenant, uid, version, analytic_uid, severity_id, start_time, end_time, count, payload)
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::int4[], $4::text[], $5::int2[], $6::timestamptz[], $7::timestamptz[], $8::int4[], $9::bytea[])
-         ON CONFLICT (tenant, finding_id) DO UPDATE SET
-           version = EXCLUDED.version, rule_id = EXCLUDED.rule_id, severity_id = EXCLUDED.severity_id,
-           window_start = EXCLUDED.window_start, window_end = EXCLUDED.window_end, count = EXCLUDED.count,
+         ON CONFLICT (tenant, uid) DO UPDATE SET
+           version = EXCLUDED.version, analytic_uid = EXCLUDED.analytic_uid, severity_id = EXCLUDED.severity_id,
+           start_time = EXCLUDED.start_time, end_time = EXCLUDED.end_time, count = EXCLUDED.count,
            payload = EXCLUDED.payload, updated_at = now()
          WHERE findings.version < EXCLUDED.version",
     )

@@ -107,26 +107,26 @@ fn severity_clause(min_severity: i32) -> String {
 ///
 /// The severity bound is a literal (an integer bounded to 1..=6 by
 /// the request parser) so the planner can use the partial HIGH+ indexes,
-/// and a one-tenant scope is an equality so `(tenant, time, event_id)`
+/// and a one-tenant scope is an equality so `(tenant, time, uid)`
 /// indexes deliver rows in order; everything else is bound.
 pub fn list_sql(min_severity: i32, scope: &TenantScope) -> String {
     let severity = severity_clause(min_severity);
     let tenant = tenant_clause(scope);
     format!(
-        "SELECT payload, time, event_id FROM events
+        "SELECT payload, time, uid FROM events
          WHERE {tenant}
            {severity}
            AND (cardinality($2::int4[]) = 0 OR class_uid = ANY($2))
-           AND ($3::text IS NULL OR device = $3)
+           AND ($3::text IS NULL OR device_uid = $3)
            AND ($4::timestamptz IS NULL OR time >= $4)
            AND ($5::timestamptz IS NULL OR time < $5)
-           AND ($6::timestamptz IS NULL OR (time, event_id) < ($6, $7::uuid))
-         ORDER BY time DESC, event_id DESC
+           AND ($6::timestamptz IS NULL OR (time, uid) < ($6, $7::uuid))
+         ORDER BY time DESC, uid DESC
          LIMIT $8"
     )
 }
 
-/// Runs a query: newest first by (time, event_id), one page.
+/// Runs a query: newest first by (time, uid), one page.
 pub async fn list_events(
     db: &Db,
     caller: &Caller,
@@ -153,7 +153,7 @@ pub async fn list_events(
         &query.page,
         Keyset {
             time: "time",
-            id: "event_id",
+            id: "uid",
             what: "event",
         },
         &db.tokens,
@@ -215,14 +215,14 @@ pub async fn list_findings(
     let tenant = tenant_clause(&caller.scope);
     let severity = severity_clause(query.page.min_severity);
     let sql = format!(
-        "SELECT payload, window_end, finding_id FROM findings
+        "SELECT payload, end_time, uid FROM findings
          WHERE {tenant}
            {severity}
-           AND ($2::text IS NULL OR rule_id = $2)
-           AND ($3::timestamptz IS NULL OR window_end >= $3)
-           AND ($4::timestamptz IS NULL OR window_end < $4)
-           AND ($5::timestamptz IS NULL OR (window_end, finding_id) < ($5, $6::text))
-         ORDER BY window_end DESC, finding_id DESC
+           AND ($2::text IS NULL OR analytic_uid = $2)
+           AND ($3::timestamptz IS NULL OR end_time >= $3)
+           AND ($4::timestamptz IS NULL OR end_time < $4)
+           AND ($5::timestamptz IS NULL OR (end_time, uid) < ($5, $6::text))
+         ORDER BY end_time DESC, uid DESC
          LIMIT $7"
     );
     // Audited: only fixed text and an integer bounded to 1..=6 are interpolated.
@@ -243,8 +243,8 @@ pub async fn list_findings(
         &rows,
         &query.page,
         Keyset {
-            time: "window_end",
-            id: "finding_id",
+            time: "end_time",
+            id: "uid",
             what: "finding",
         },
         &db.tokens,
@@ -268,7 +268,7 @@ pub async fn get_finding(
         return Err(ApiError::invalid("finding_id", "not a finding id"));
     }
     let mut tx = db.begin(caller, deadline).await?;
-    let row = sqlx::query("SELECT payload FROM findings WHERE finding_id = $1 AND ($2::text[] IS NULL OR tenant = ANY($2)) ORDER BY tenant LIMIT 1")
+    let row = sqlx::query("SELECT payload FROM findings WHERE uid = $1 AND ($2::text[] IS NULL OR tenant = ANY($2)) ORDER BY tenant LIMIT 1")
         .bind(id)
         .bind(tenants_param(&caller.scope))
         .fetch_optional(&mut *tx)
@@ -283,12 +283,14 @@ pub async fn get_finding(
         .into_iter()
         .filter_map(|i| uuid::Uuid::parse_str(i).ok())
         .collect();
-    let rows = sqlx::query("SELECT payload FROM events WHERE tenant = $1 AND event_id = ANY($2) ORDER BY time, event_id")
-        .bind(finding.tenant_uid())
-        .bind(ids)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db_error)?;
+    let rows = sqlx::query(
+        "SELECT payload FROM events WHERE tenant = $1 AND uid = ANY($2) ORDER BY time, uid",
+    )
+    .bind(finding.tenant_uid())
+    .bind(ids)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db_error)?;
     tx.commit().await.map_err(db_error)?;
     let mut events = Vec::with_capacity(rows.len());
     for row in rows {
@@ -315,7 +317,7 @@ pub async fn get_event(
         .map_err(|_| ApiError::invalid("event_id", "not a UUID"))?;
     let mut tx = db.begin(caller, deadline).await?;
     let row = sqlx::query(
-        "SELECT payload FROM events WHERE event_id = $1 AND ($2::text[] IS NULL OR tenant = ANY($2)) ORDER BY tenant LIMIT 1",
+        "SELECT payload FROM events WHERE uid = $1 AND ($2::text[] IS NULL OR tenant = ANY($2)) ORDER BY tenant LIMIT 1",
     )
     .bind(id)
     .bind(tenants_param(&caller.scope))
