@@ -496,18 +496,19 @@ fn check_node(
     }
     let schema = vigil_ocsf::schema();
     for (name, attribute) in attributes {
-        let Some(object) = attribute
-            .object_type
-            .as_deref()
-            .and_then(|o| schema.object(o))
-        else {
+        let Some(object_name) = attribute.object_type.as_deref() else {
             continue;
         };
-        let label = format!(
-            "the OCSF {} object",
-            attribute.object_type.as_deref().unwrap_or_default()
-        );
-        if let Some(child) = node.child(name) {
+        let (child, children) = (node.child(name), node.children(name));
+        if child.is_none() && children.is_empty() {
+            continue;
+        }
+        let Some(object) = schema.object(object_name) else {
+            continue;
+        };
+        // Spelled out only for an object the event carries.
+        let label = format!("the OCSF {object_name} object");
+        if let Some(child) = child {
             check_node(
                 child,
                 &object.attributes,
@@ -517,7 +518,7 @@ fn check_node(
                 depth + 1,
             )?;
         }
-        for (i, child) in node.children(name).into_iter().enumerate() {
+        for (i, child) in children.into_iter().enumerate() {
             let path = format!("{}[{i}]", at(name));
             check_node(
                 child,
@@ -534,28 +535,32 @@ fn check_node(
 
 /// Every string field is bounded (`message` separately).
 fn check_strings(event: &SecurityEvent, limits: &Limits) -> Result<(), Refusal> {
-    // The first field over the limit.
+    // The first field over the limit; its path is only spelled out then.
     let mut too_long: Option<String> = None;
-    let mut push = |path: &str, value: &str| {
+    let mut at = |prefix: &str, field: &str, value: &str| {
         if too_long.is_none() && value.len() > limits.max_string_bytes {
-            too_long = Some(path.to_owned());
+            too_long = Some(if prefix.is_empty() {
+                field.to_owned()
+            } else {
+                format!("{prefix}.{field}")
+            });
         }
     };
     if let Some(m) = &event.metadata {
-        push("metadata.version", &m.version);
-        push("metadata.original_time", &m.original_time);
+        at("", "metadata.version", &m.version);
+        at("", "metadata.original_time", &m.original_time);
         if let Some(p) = &m.product {
-            push("metadata.product.name", &p.name);
-            push("metadata.product.vendor_name", &p.vendor_name);
-            push("metadata.product.version", &p.version);
-            push("metadata.product.uid", &p.uid);
+            at("", "metadata.product.name", &p.name);
+            at("", "metadata.product.vendor_name", &p.vendor_name);
+            at("", "metadata.product.version", &p.version);
+            at("", "metadata.product.uid", &p.uid);
         }
     }
     if let Some(d) = &event.device {
-        push("device.uid", &d.uid);
-        push("device.name", &d.name);
-        push("device.hostname", &d.hostname);
-        push("device.ip", &d.ip);
+        at("", "device.uid", &d.uid);
+        at("", "device.name", &d.name);
+        at("", "device.hostname", &d.hostname);
+        at("", "device.ip", &d.ip);
     }
     let mut users = Vec::new();
     if let Some(u) = &event.user {
@@ -575,9 +580,9 @@ fn check_strings(event: &SecurityEvent, limits: &Limits) -> Result<(), Refusal> 
     }
     let mut files = Vec::new();
     for (path, p) in processes {
-        push(&format!("{path}.name"), &p.name);
-        push(&format!("{path}.uid"), &p.uid);
-        push(&format!("{path}.cmd_line"), &p.cmd_line);
+        at(path, "name", &p.name);
+        at(path, "uid", &p.uid);
+        at(path, "cmd_line", &p.cmd_line);
         if let Some(f) = &p.file {
             files.push((format!("{path}.file"), f));
         }
@@ -586,49 +591,49 @@ fn check_strings(event: &SecurityEvent, limits: &Limits) -> Result<(), Refusal> 
         files.push(("file".to_owned(), f));
     }
     for (path, f) in files {
-        push(&format!("{path}.name"), &f.name);
-        push(&format!("{path}.path"), &f.path);
-        push(&format!("{path}.uid"), &f.uid);
+        at(&path, "name", &f.name);
+        at(&path, "path", &f.path);
+        at(&path, "uid", &f.uid);
     }
     for (path, u) in users {
-        push(&format!("{path}.name"), &u.name);
-        push(&format!("{path}.uid"), &u.uid);
-        push(&format!("{path}.domain"), &u.domain);
+        at(path, "name", &u.name);
+        at(path, "uid", &u.uid);
+        at(path, "domain", &u.domain);
     }
     for (path, e) in [
         ("src_endpoint", &event.src_endpoint),
         ("dst_endpoint", &event.dst_endpoint),
     ] {
         if let Some(e) = e {
-            push(&format!("{path}.hostname"), &e.hostname);
-            push(&format!("{path}.uid"), &e.uid);
+            at(path, "hostname", &e.hostname);
+            at(path, "uid", &e.uid);
         }
     }
     if let Some(q) = &event.query {
-        push("query.hostname", &q.hostname);
-        push("query.type", &q.r#type);
-        push("query.class", &q.class);
+        at("", "query.hostname", &q.hostname);
+        at("", "query.type", &q.r#type);
+        at("", "query.class", &q.class);
     }
     if let Some(h) = &event.http_request {
-        push("http_request.http_method", &h.http_method);
-        push("http_request.user_agent", &h.user_agent);
+        at("", "http_request.http_method", &h.http_method);
+        at("", "http_request.user_agent", &h.user_agent);
         if let Some(u) = &h.url {
-            push("http_request.url.hostname", &u.hostname);
-            push("http_request.url.path", &u.path);
+            at("", "http_request.url.hostname", &u.hostname);
+            at("", "http_request.url.path", &u.path);
         }
     }
     if let Some(s) = &event.service {
-        push("service.name", &s.name);
-        push("service.uid", &s.uid);
+        at("", "service.name", &s.name);
+        at("", "service.uid", &s.uid);
     }
     for (i, o) in event.observables.iter().enumerate() {
-        push(&format!("observables[{i}].name"), &o.name);
-        push(&format!("observables[{i}].value"), &o.value);
+        at("", &format!("observables[{i}].name"), &o.name);
+        at("", &format!("observables[{i}].value"), &o.value);
     }
     for (i, p) in event.privileges.iter().enumerate() {
-        push(&format!("privileges[{i}]"), p);
+        at("", &format!("privileges[{i}]"), p);
     }
-    push("status_detail", &event.status_detail);
+    at("", "status_detail", &event.status_detail);
     match too_long {
         Some(field) => Err(invalid(
             field,
