@@ -93,44 +93,11 @@ enum Output {
 #[derive(Subcommand)]
 enum Command {
     /// List events, newest first (e.g. `vigil events --min-severity high --limit 10`).
-    Events {
-        /// Only events at or above this severity (informational, low, medium, high, critical, fatal).
-        #[arg(long, value_parser = parse_severity)]
-        min_severity: Option<i32>,
-        /// Only these OCSF class uids (repeat the flag).
-        #[arg(long = "class")]
-        classes: Vec<i32>,
-        /// Only events from this device id.
-        #[arg(long)]
-        device: Option<String>,
-        /// Only events newer than this (e.g. 90s, 15m, 2h, 7d).
-        #[arg(long, value_parser = parse_duration)]
-        since: Option<Duration>,
-        /// At most this many events (the reader caps pages at 1000).
-        #[arg(long, default_value_t = 20)]
-        limit: u32,
-        /// Continue from a previous page's token.
-        #[arg(long)]
-        page_token: Option<String>,
-    },
+    Events(EventFilter),
     /// Show one event by id.
     Event { event_id: String },
     /// List findings (detections), newest first.
-    Findings {
-        /// Only findings at or above this severity.
-        #[arg(long, value_parser = parse_severity)]
-        min_severity: Option<i32>,
-        /// Only this rule (e.g. brute-force).
-        #[arg(long)]
-        rule: Option<String>,
-        /// Only findings whose window ended within this (e.g. 1h, 7d).
-        #[arg(long, value_parser = parse_duration)]
-        since: Option<Duration>,
-        #[arg(long, default_value_t = 20)]
-        limit: u32,
-        #[arg(long)]
-        page_token: Option<String>,
-    },
+    Findings(FindingFilter),
     /// Show one finding with its contributing events.
     Finding { finding_id: String },
     /// The audit trail: who queried what, newest first (admins only).
@@ -142,30 +109,7 @@ enum Command {
         limit: u32,
     },
     /// Send one test event as a device.
-    Send {
-        /// Device certificate (its URI SAN names tenant and device).
-        #[arg(
-            long,
-            env = "VIGIL_DEVICE_CERT",
-            default_value = "certs/out/devices/acme.cam-01.crt"
-        )]
-        device_cert: PathBuf,
-        #[arg(
-            long,
-            env = "VIGIL_DEVICE_KEY",
-            default_value = "certs/out/devices/acme.cam-01.key"
-        )]
-        device_key: PathBuf,
-        /// auth-success, auth-failure, process, network, dns or file.
-        #[arg(long, default_value = "auth-failure")]
-        kind: String,
-        /// Override the severity.
-        #[arg(long, value_parser = parse_severity)]
-        severity: Option<i32>,
-        /// Override the message.
-        #[arg(long)]
-        message: Option<String>,
-    },
+    Send(commands::send::Send),
     /// The OCSF classes the gateway accepts (the schema catalogue).
     Schemas,
     /// One class: its activities and attributes (`-o json` adds its JSON
@@ -188,7 +132,7 @@ enum Command {
     },
 }
 
-fn parse_severity(s: &str) -> Result<i32, String> {
+pub(crate) fn parse_severity(s: &str) -> Result<i32, String> {
     vigil_client::names::parse_severity(s)
         .map(|s| s as i32)
         .ok_or_else(|| {
@@ -196,7 +140,7 @@ fn parse_severity(s: &str) -> Result<i32, String> {
         })
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = number
         .parse()
@@ -235,61 +179,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         ..
     } = cli;
     match command {
-        Command::Events {
-            min_severity,
-            classes,
-            device,
-            since,
-            limit,
-            page_token,
-        } => {
-            let filter = EventFilter {
-                min_severity,
-                classes,
-                device,
-                since,
-                limit,
-                page_token,
-            };
-            commands::query::events(&reader, filter).await
-        }
-        Command::Findings {
-            min_severity,
-            rule,
-            since,
-            limit,
-            page_token,
-        } => {
-            let filter = FindingFilter {
-                min_severity,
-                rule,
-                since,
-                limit,
-                page_token,
-            };
-            commands::query::findings(&reader, filter).await
-        }
+        Command::Events(filter) => commands::query::events(&reader, filter).await,
+        Command::Findings(filter) => commands::query::findings(&reader, filter).await,
         Command::Audit { caller, limit } => commands::query::audit(&reader, caller, limit).await,
         Command::Finding { finding_id } => commands::query::finding(&reader, finding_id).await,
         Command::Event { event_id } => commands::query::event(&reader, event_id).await,
-        Command::Send {
-            device_cert,
-            device_key,
-            kind,
-            severity,
-            message,
-        } => {
-            let args = commands::send::Send {
-                gateway,
-                ca,
-                device_cert,
-                device_key,
-                kind,
-                severity,
-                message,
-            };
-            commands::send::send(args, output).await
-        }
+        Command::Send(args) => commands::send::send(args, &gateway, ca, output).await,
         Command::Schemas => commands::schema::list(&reader.files, &gateway, output).await,
         Command::Schema { class } => {
             commands::schema::show(&reader.files, &gateway, output, &class).await

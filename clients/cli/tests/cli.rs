@@ -242,6 +242,22 @@ fn ocsf_python() -> anyhow::Result<std::path::PathBuf> {
     Ok(path)
 }
 
+/// Runs deploy/ocsf/validate.py with `args`; fails with what it printed.
+fn validate(python: &std::path::Path, args: &[std::path::PathBuf]) -> anyhow::Result<()> {
+    let out = std::process::Command::new(python)
+        .arg(vigil_e2e::workspace_root().join("deploy/ocsf/validate.py"))
+        .args(args)
+        .output()?;
+    println!("{}", text(&out.stdout));
+    anyhow::ensure!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    Ok(())
+}
+
 /// `-o ocsf` prints OCSF JSON that an independent validator accepts, for
 /// every class vigil accepts and for a Detection Finding.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -310,17 +326,7 @@ async fn ocsf_output_of_every_class_and_of_a_finding_validates() -> anyhow::Resu
         vigil_ocsf::SUPPORTED_CLASSES.len(),
         "{classes:?}"
     );
-    let validate = std::process::Command::new(python)
-        .arg(vigil_e2e::workspace_root().join("deploy/ocsf/validate.py"))
-        .args(&files)
-        .output()?;
-    println!("{}", text(&validate.stdout));
-    assert!(
-        validate.status.success(),
-        "{}{}",
-        text(&validate.stdout),
-        text(&validate.stderr)
-    );
+    validate(&python, &files)?;
 
     // The schema catalogue: the classes, and each class's JSON Schema,
     // which the same events satisfy.
@@ -349,19 +355,7 @@ async fn ocsf_output_of_every_class_and_of_a_finding_validates() -> anyhow::Resu
         .collect();
     let logins_file = dir.path().join("3002.jsonl");
     std::fs::write(&logins_file, logins)?;
-    let against_catalogue = std::process::Command::new(ocsf_python()?)
-        .arg(vigil_e2e::workspace_root().join("deploy/ocsf/validate.py"))
-        .arg("--schema")
-        .arg(&schema_file)
-        .arg(&logins_file)
-        .output()?;
-    println!("{}", text(&against_catalogue.stdout));
-    assert!(
-        against_catalogue.status.success(),
-        "{}{}",
-        text(&against_catalogue.stdout),
-        text(&against_catalogue.stderr)
-    );
+    validate(&python, &["--schema".into(), schema_file, logins_file])?;
     let unknown = vigil(&mesh, &["schema", "9999"])?;
     assert_eq!(unknown.status.code(), Some(1), "{}", text(&unknown.stderr));
     assert!(

@@ -113,34 +113,6 @@ pub fn finding(f: &Finding) -> Value {
 mod tests {
     use super::*;
 
-    /// `VIGIL_OCSF_SAMPLES=<file> cargo test -p vigil-client write_samples`
-    /// writes one event of every kind, for trying a validator by hand.
-    #[test]
-    fn write_samples() -> std::io::Result<()> {
-        let Some(path) = std::env::var_os("VIGIL_OCSF_SAMPLES") else {
-            return Ok(());
-        };
-        let mut rng = rand::rng();
-        let mut out = String::new();
-        for kind in crate::events::Kind::ALL {
-            let mut e = crate::events::sample(kind, &mut rng, 1_790_000_000_000);
-            let class = vigil_ocsf::schema().class(e.class_uid);
-            e.category_uid = class.map_or(0, |c| c.category_uid);
-            e.type_uid = i64::from(e.class_uid) * 100 + i64::from(e.activity_id);
-            if let Some(m) = e.metadata.as_mut() {
-                m.tenant_uid = "acme".into();
-                if e.class_uid / 1000 != 1 {
-                    m.profiles.push("host".into());
-                }
-            }
-            if let Some(d) = e.device.as_mut() {
-                d.uid = "cam-01".into();
-            }
-            out.push_str(&format!("{}\n", event(&e)));
-        }
-        std::fs::write(path, out)
-    }
-
     #[test]
     fn integers_stay_numbers_and_names_sit_beside_ids() {
         let mut rng = rand::rng();

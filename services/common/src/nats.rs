@@ -28,7 +28,7 @@ pub async fn connect(
 
 /// [`connect`], and `dependency` follows the connection: down on every
 /// disconnect, up on every (re)connect, as async-nats reports them.
-pub async fn connect_reporting(
+async fn connect_reporting(
     settings: &NatsSettings,
     name: &str,
     dependency: Option<Dependency>,

@@ -77,11 +77,6 @@ impl Readiness {
         }
     }
 
-    /// The health service name readiness is reported under.
-    pub fn service(&self) -> &'static str {
-        self.inner.service
-    }
-
     fn with_state<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
         let mut state = self
             .inner

@@ -165,10 +165,6 @@ impl<S: Service> Launched<S> {
         &self.service
     }
 
-    pub fn readiness(&self) -> &Readiness {
-        &self.readiness
-    }
-
     /// The plaintext `grpc.health.v1` address.
     pub fn health_addr(&self) -> SocketAddr {
         self.health_addr

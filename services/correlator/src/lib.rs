@@ -147,13 +147,6 @@ pub struct Correlator {
     probes: CancellationToken,
 }
 
-impl Correlator {
-    /// The counters `/metrics` reports.
-    pub fn counters(&self) -> Arc<metrics::Counters> {
-        self.worker.counters.clone()
-    }
-}
-
 impl Service for Correlator {
     const NAME: &'static str = "correlator";
     const ABOUT: &'static str = "vigil correlator: event-time detection rules over EVENTS";

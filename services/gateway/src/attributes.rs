@@ -1,6 +1,7 @@
-//! Which OCSF attributes an event carries: the presence test the schema's
-//! requirements are checked with. One arm per protobuf field, by its OCSF
-//! name; an attribute vigil's contract does not carry is never present.
+//! Which OCSF attributes an event carries, and their string values: what
+//! the schema's requirements and the length limits are checked with. One
+//! arm per protobuf field, by its OCSF name; an attribute vigil's contract
+//! does not carry is never present.
 
 use vigil_proto::event::v1::{
     Actor, Device, DnsQuery, File, HttpRequest, Metadata, NetworkEndpoint, Observable, Process,
@@ -24,10 +25,6 @@ pub enum Node<'a> {
     Url(&'a Url),
     Service(&'a Service),
     Observable(&'a Observable),
-}
-
-fn text(s: &str) -> bool {
-    !s.is_empty()
 }
 
 impl<'a> Node<'a> {
@@ -64,6 +61,61 @@ impl<'a> Node<'a> {
         }
     }
 
+    /// The string attribute `name`, if the node carries one by that name
+    /// (empty when unset).
+    pub fn text(self, name: &str) -> Option<&'a str> {
+        Some(match (self, name) {
+            (Node::Event(e), "message") => &e.message,
+            (Node::Event(e), "status_detail") => &e.status_detail,
+            (Node::Metadata(m), "uid") => &m.uid,
+            (Node::Metadata(m), "version") => &m.version,
+            (Node::Metadata(m), "tenant_uid") => &m.tenant_uid,
+            (Node::Metadata(m), "original_time") => &m.original_time,
+            (Node::Product(p), "name") => &p.name,
+            (Node::Product(p), "vendor_name") => &p.vendor_name,
+            (Node::Product(p), "version") => &p.version,
+            (Node::Product(p), "uid") => &p.uid,
+            (Node::Device(d), "uid") => &d.uid,
+            (Node::Device(d), "name") => &d.name,
+            (Node::Device(d), "hostname") => &d.hostname,
+            (Node::Device(d), "ip") => &d.ip,
+            (Node::User(u), "name") => &u.name,
+            (Node::User(u), "uid") => &u.uid,
+            (Node::User(u), "domain") => &u.domain,
+            (Node::Endpoint(p), "ip") => &p.ip,
+            (Node::Endpoint(p), "hostname") => &p.hostname,
+            (Node::Endpoint(p), "uid") => &p.uid,
+            (Node::Process(p), "name") => &p.name,
+            (Node::Process(p), "cmd_line") => &p.cmd_line,
+            (Node::Process(p), "uid") => &p.uid,
+            (Node::File(f), "name") => &f.name,
+            (Node::File(f), "path") => &f.path,
+            (Node::File(f), "uid") => &f.uid,
+            (Node::Query(q), "hostname") => &q.hostname,
+            (Node::Query(q), "type") => &q.r#type,
+            (Node::Query(q), "class") => &q.class,
+            (Node::Http(h), "http_method") => &h.http_method,
+            (Node::Http(h), "user_agent") => &h.user_agent,
+            (Node::Url(u), "url_string") => &u.url_string,
+            (Node::Url(u), "hostname") => &u.hostname,
+            (Node::Url(u), "path") => &u.path,
+            (Node::Service(s), "name") => &s.name,
+            (Node::Service(s), "uid") => &s.uid,
+            (Node::Observable(o), "name") => &o.name,
+            (Node::Observable(o), "value") => &o.value,
+            _ => return None,
+        })
+    }
+
+    /// The string array attribute `name` (empty when unset or unknown).
+    pub fn texts(self, name: &str) -> &'a [String] {
+        match (self, name) {
+            (Node::Event(e), "privileges") => &e.privileges,
+            (Node::Metadata(m), "profiles") => &m.profiles,
+            _ => &[],
+        }
+    }
+
     /// Whether the attribute `name` is present (an object, a non-empty
     /// string or array, a non-zero number; `*_id` enums count when set,
     /// since 0 is OCSF's "Unknown").
@@ -71,64 +123,28 @@ impl<'a> Node<'a> {
         if self.child(name).is_some() || !self.children(name).is_empty() {
             return true;
         }
+        if let Some(text) = self.text(name) {
+            return !text.is_empty();
+        }
+        if !self.texts(name).is_empty() {
+            return true;
+        }
         match (self, name) {
             (Node::Event(e), "class_uid") => e.class_uid != 0,
             (Node::Event(e), "category_uid") => e.category_uid != 0,
-            (Node::Event(_), "activity_id") => true,
+            (Node::Event(_), "activity_id" | "severity_id" | "status_id") => true,
             (Node::Event(e), "type_uid") => e.type_uid != 0,
-            (Node::Event(_), "severity_id" | "status_id") => true,
             (Node::Event(e), "time") => e.time != 0,
-            (Node::Event(e), "message") => text(&e.message),
-            (Node::Event(e), "privileges") => !e.privileges.is_empty(),
-            (Node::Event(e), "status_detail") => text(&e.status_detail),
             (Node::Event(e), "unmapped") => !e.unmapped.is_empty(),
-            (Node::Metadata(m), "uid") => text(&m.uid),
-            (Node::Metadata(m), "version") => text(&m.version),
-            (Node::Metadata(m), "tenant_uid") => text(&m.tenant_uid),
             (Node::Metadata(m), "logged_time") => m.logged_time != 0,
-            (Node::Metadata(m), "original_time") => text(&m.original_time),
             (Node::Metadata(m), "sequence") => m.sequence != 0,
-            (Node::Metadata(m), "profiles") => !m.profiles.is_empty(),
-            (Node::Product(p), "name") => text(&p.name),
-            (Node::Product(p), "vendor_name") => text(&p.vendor_name),
-            (Node::Product(p), "version") => text(&p.version),
-            (Node::Product(p), "uid") => text(&p.uid),
-            (Node::Device(d), "uid") => text(&d.uid),
-            (Node::Device(d), "name") => text(&d.name),
-            (Node::Device(d), "hostname") => text(&d.hostname),
-            (Node::Device(d), "ip") => text(&d.ip),
-            (Node::Device(_), "type_id") => true,
-            (Node::User(u), "name") => text(&u.name),
-            (Node::User(u), "uid") => text(&u.uid),
-            (Node::User(u), "domain") => text(&u.domain),
-            (Node::User(_), "type_id") => true,
-            (Node::Endpoint(p), "ip") => text(&p.ip),
+            (Node::Device(_) | Node::User(_) | Node::File(_) | Node::Observable(_), "type_id") => {
+                true
+            }
             (Node::Endpoint(p), "port") => p.port != 0,
-            (Node::Endpoint(p), "hostname") => text(&p.hostname),
-            (Node::Endpoint(p), "uid") => text(&p.uid),
             (Node::Process(p), "pid") => p.pid != 0,
-            (Node::Process(p), "name") => text(&p.name),
-            (Node::Process(p), "cmd_line") => text(&p.cmd_line),
-            (Node::Process(p), "uid") => text(&p.uid),
-            (Node::File(f), "name") => text(&f.name),
-            (Node::File(f), "path") => text(&f.path),
-            (Node::File(_), "type_id") => true,
             (Node::File(f), "size") => f.size != 0,
-            (Node::File(f), "uid") => text(&f.uid),
-            (Node::Query(q), "hostname") => text(&q.hostname),
-            (Node::Query(q), "type") => text(&q.r#type),
-            (Node::Query(q), "class") => text(&q.class),
-            (Node::Http(h), "http_method") => text(&h.http_method),
-            (Node::Http(h), "user_agent") => text(&h.user_agent),
-            (Node::Url(u), "url_string") => text(&u.url_string),
-            (Node::Url(u), "hostname") => text(&u.hostname),
-            (Node::Url(u), "path") => text(&u.path),
             (Node::Url(u), "port") => u.port != 0,
-            (Node::Service(s), "name") => text(&s.name),
-            (Node::Service(s), "uid") => text(&s.uid),
-            (Node::Observable(o), "name") => text(&o.name),
-            (Node::Observable(_), "type_id") => true,
-            (Node::Observable(o), "value") => text(&o.value),
             _ => false,
         }
     }

@@ -177,6 +177,8 @@ impl Service for Gateway {
     type Error = GatewayError;
 
     async fn build(loaded: Loaded, readiness: &Readiness) -> Result<Self, GatewayError> {
+        // Parse the compiled OCSF schema now, not on the first event.
+        let _ = vigil_ocsf::schema();
         let edge = BoundEdge::bind(loaded.edge).await?;
         // Ready only while connected to NATS: a publish could not be made
         // durable otherwise.

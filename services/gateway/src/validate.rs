@@ -148,7 +148,6 @@ pub fn validate(
             format!("longer than {} bytes", limits.max_message_bytes),
         ));
     }
-    check_strings(&event, limits)?;
     for (field, endpoint) in [
         ("src_endpoint", &event.src_endpoint),
         ("dst_endpoint", &event.dst_endpoint),
@@ -212,6 +211,7 @@ pub fn validate(
         "",
         &what,
         0,
+        limits,
     )?;
 
     Ok(AcceptedEvent {
@@ -446,6 +446,16 @@ fn check_attributes_belong(
     Ok(())
 }
 
+/// Whether OCSF types `attribute` as text (string_t and its refinements),
+/// so only those are looked up for the length bound.
+fn is_text(attribute: &vigil_ocsf::Attribute) -> bool {
+    attribute.object_type.is_none()
+        && !matches!(
+            attribute.type_name.as_str(),
+            "integer_t" | "long_t" | "timestamp_t" | "port_t" | "boolean_t" | "float_t" | "json_t"
+        )
+}
+
 /// How deep objects nest before the check stops (a process's parent's
 /// parent...).
 const MAX_DEPTH: usize = 4;
@@ -460,7 +470,9 @@ fn check_node(
     path: &str,
     what: &str,
     depth: usize,
+    limits: &Limits,
 ) -> Result<(), Refusal> {
+    let too_long = || format!("longer than {} bytes", limits.max_string_bytes);
     let at = |name: &str| {
         if path.is_empty() {
             name.to_owned()
@@ -474,6 +486,22 @@ fn check_node(
             && !node.has(name)
         {
             return Err(invalid(at(name), format!("required by {what}")));
+        }
+        // Every string is bounded (`message` has its own, larger bound).
+        if !is_text(attribute) {
+            continue;
+        }
+        if attribute.is_array {
+            for (i, text) in node.texts(name).iter().enumerate() {
+                if text.len() > limits.max_string_bytes {
+                    return Err(invalid(format!("{}[{i}]", at(name)), too_long()));
+                }
+            }
+        } else if let Some(text) = node.text(name)
+            && text.len() > limits.max_string_bytes
+            && !(matches!(node, Node::Event(_)) && name == "message")
+        {
+            return Err(invalid(at(name), too_long()));
         }
     }
     if !constraints.at_least_one.is_empty() && !constraints.at_least_one.iter().any(|a| node.has(a))
@@ -516,6 +544,7 @@ fn check_node(
                 &at(name),
                 &label,
                 depth + 1,
+                limits,
             )?;
         }
         for (i, child) in children.into_iter().enumerate() {
@@ -527,120 +556,11 @@ fn check_node(
                 &path,
                 &label,
                 depth + 1,
+                limits,
             )?;
         }
     }
     Ok(())
-}
-
-/// Every string field is bounded (`message` separately).
-fn check_strings(event: &SecurityEvent, limits: &Limits) -> Result<(), Refusal> {
-    // The first field over the limit; its path is only spelled out then.
-    let mut too_long: Option<String> = None;
-    let mut at = |prefix: &str, field: &str, value: &str| {
-        if too_long.is_none() && value.len() > limits.max_string_bytes {
-            too_long = Some(if prefix.is_empty() {
-                field.to_owned()
-            } else {
-                format!("{prefix}.{field}")
-            });
-        }
-    };
-    if let Some(m) = &event.metadata {
-        at("", "metadata.version", &m.version);
-        at("", "metadata.original_time", &m.original_time);
-        if let Some(p) = &m.product {
-            at("", "metadata.product.name", &p.name);
-            at("", "metadata.product.vendor_name", &p.vendor_name);
-            at("", "metadata.product.version", &p.version);
-            at("", "metadata.product.uid", &p.uid);
-        }
-    }
-    if let Some(d) = &event.device {
-        at("", "device.uid", &d.uid);
-        at("", "device.name", &d.name);
-        at("", "device.hostname", &d.hostname);
-        at("", "device.ip", &d.ip);
-    }
-    let mut users = Vec::new();
-    if let Some(u) = &event.user {
-        users.push(("user", u));
-    }
-    let mut processes = Vec::new();
-    if let Some(a) = &event.actor {
-        if let Some(u) = &a.user {
-            users.push(("actor.user", u));
-        }
-        if let Some(p) = &a.process {
-            processes.push(("actor.process", p));
-        }
-    }
-    if let Some(p) = &event.process {
-        processes.push(("process", p));
-    }
-    let mut files = Vec::new();
-    for (path, p) in processes {
-        at(path, "name", &p.name);
-        at(path, "uid", &p.uid);
-        at(path, "cmd_line", &p.cmd_line);
-        if let Some(f) = &p.file {
-            files.push((format!("{path}.file"), f));
-        }
-    }
-    if let Some(f) = &event.file {
-        files.push(("file".to_owned(), f));
-    }
-    for (path, f) in files {
-        at(&path, "name", &f.name);
-        at(&path, "path", &f.path);
-        at(&path, "uid", &f.uid);
-    }
-    for (path, u) in users {
-        at(path, "name", &u.name);
-        at(path, "uid", &u.uid);
-        at(path, "domain", &u.domain);
-    }
-    for (path, e) in [
-        ("src_endpoint", &event.src_endpoint),
-        ("dst_endpoint", &event.dst_endpoint),
-    ] {
-        if let Some(e) = e {
-            at(path, "hostname", &e.hostname);
-            at(path, "uid", &e.uid);
-        }
-    }
-    if let Some(q) = &event.query {
-        at("", "query.hostname", &q.hostname);
-        at("", "query.type", &q.r#type);
-        at("", "query.class", &q.class);
-    }
-    if let Some(h) = &event.http_request {
-        at("", "http_request.http_method", &h.http_method);
-        at("", "http_request.user_agent", &h.user_agent);
-        if let Some(u) = &h.url {
-            at("", "http_request.url.hostname", &u.hostname);
-            at("", "http_request.url.path", &u.path);
-        }
-    }
-    if let Some(s) = &event.service {
-        at("", "service.name", &s.name);
-        at("", "service.uid", &s.uid);
-    }
-    for (i, o) in event.observables.iter().enumerate() {
-        at("", &format!("observables[{i}].name"), &o.name);
-        at("", &format!("observables[{i}].value"), &o.value);
-    }
-    for (i, p) in event.privileges.iter().enumerate() {
-        at("", &format!("privileges[{i}]"), p);
-    }
-    at("", "status_detail", &event.status_detail);
-    match too_long {
-        Some(field) => Err(invalid(
-            field,
-            format!("longer than {} bytes", limits.max_string_bytes),
-        )),
-        None => Ok(()),
-    }
 }
 
 fn check_unmapped(map: &HashMap<String, String>, limits: &Limits) -> Result<(), Refusal> {
@@ -775,6 +695,14 @@ mod tests {
             ("class_uid", Box::new(|e| e.class_uid = 9999)),
             ("activity_id", Box::new(|e| e.activity_id = 42)),
             ("user", Box::new(|e| e.user = None)),
+            (
+                "user.name",
+                Box::new(|e| e.user.get_or_insert_default().name = "x".repeat(300)),
+            ),
+            (
+                "metadata.profiles[0]",
+                Box::new(|e| meta(e).profiles.push("x".repeat(300))),
+            ),
             (
                 "file",
                 Box::new(|e| e.file = Some(vigil_proto::event::v1::File::default())),

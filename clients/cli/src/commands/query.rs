@@ -54,12 +54,25 @@ fn start_time(since: Option<Duration>) -> i64 {
     })
 }
 
+#[derive(clap::Args)]
 pub struct EventFilter {
+    /// Only events at or above this severity (informational, low, medium, high, critical, fatal).
+    #[arg(long, value_parser = crate::parse_severity)]
     pub min_severity: Option<i32>,
+    /// Only these OCSF class uids (repeat the flag).
+    #[arg(long = "class")]
     pub classes: Vec<i32>,
+    /// Only events from this device id.
+    #[arg(long)]
     pub device: Option<String>,
+    /// Only events newer than this (e.g. 90s, 15m, 2h, 7d).
+    #[arg(long, value_parser = crate::parse_duration)]
     pub since: Option<Duration>,
+    /// At most this many events (the reader caps pages at 1000).
+    #[arg(long, default_value_t = 20)]
     pub limit: u32,
+    /// Continue from a previous page's token.
+    #[arg(long)]
     pub page_token: Option<String>,
 }
 
@@ -84,11 +97,20 @@ pub async fn events(reader: &Reader, filter: EventFilter) -> Result<(), Failure>
     Ok(())
 }
 
+#[derive(clap::Args)]
 pub struct FindingFilter {
+    /// Only findings at or above this severity.
+    #[arg(long, value_parser = crate::parse_severity)]
     pub min_severity: Option<i32>,
+    /// Only this rule (e.g. brute-force).
+    #[arg(long)]
     pub rule: Option<String>,
+    /// Only findings whose window ended within this (e.g. 1h, 7d).
+    #[arg(long, value_parser = crate::parse_duration)]
     pub since: Option<Duration>,
+    #[arg(long, default_value_t = 20)]
     pub limit: u32,
+    #[arg(long)]
     pub page_token: Option<String>,
 }
 
