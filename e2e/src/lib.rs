@@ -32,6 +32,7 @@ use vigil_proto::query::v1::query_service_client::QueryServiceClient;
 use vigil_reader::Reader;
 use vigil_writer::Writer;
 
+pub mod bench;
 pub mod load;
 pub mod proxy;
 pub mod stack;
@@ -503,11 +504,12 @@ impl Mesh {
                 nats: nats_args("writer"),
                 postgres: PostgresArgs {
                     database_url: proxied("writer"),
-                    database_max_connections: 4,
+                    database_max_connections: 6,
                 },
                 batch: batch.clone(),
                 max_deliveries: options.writer_max_deliveries,
                 retry_base_ms: options.writer_retry_base_ms,
+                insert_concurrency: 3,
             },
         )
         .await?;

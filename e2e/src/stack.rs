@@ -15,12 +15,16 @@ use crate::{MeshOptions, NatsServer, TestDb, wait_until};
 
 /// A binary built next to the test (`cargo build --bins` puts them there;
 /// `deploy/test` does it before the tests).
+/// A test runs from `target/<profile>/deps/`, a binary such as
+/// `vigil-bench` from `target/<profile>/`: the services are in the latter.
 pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .context("test binary location")?;
+    let here = exe.parent().context("binary location")?;
+    let dir = if here.ends_with("deps") {
+        here.parent().context("test binary location")?
+    } else {
+        here
+    };
     let path = dir.join(name);
     if !path.exists() {
         bail!(
@@ -29,6 +33,29 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
         );
     }
     Ok(path)
+}
+
+/// What a [`Stack`] runs beyond [`MeshOptions`].
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    /// Device certificates to issue besides the default fleet.
+    pub devices: Vec<(String, String)>,
+    /// Whether the correlator runs.
+    pub correlator: bool,
+    /// The writer reaches Postgres through the cuttable proxy (fault
+    /// tests) or directly (benchmarks: the proxy's copying would be
+    /// measured too).
+    pub postgres_proxy: bool,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        Self {
+            devices: Vec::new(),
+            correlator: true,
+            postgres_proxy: true,
+        }
+    }
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -158,8 +185,14 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start(options: MeshOptions) -> anyhow::Result<Self> {
+        Self::start_with(options, StackOptions::default()).await
+    }
+
+    pub async fn start_with(options: MeshOptions, stack: StackOptions) -> anyhow::Result<Self> {
         let pki_dir = tempfile::tempdir()?;
-        let pki = vigil_certs::generate(pki_dir.path(), &vigil_certs::Options::default())?;
+        let mut pki_options = vigil_certs::Options::default();
+        pki_options.devices.extend(stack.devices.iter().cloned());
+        let pki = vigil_certs::generate(pki_dir.path(), &pki_options)?;
         let nats = NatsServer::start(&pki).await?;
         let admin = vigil_common::nats::connect(&nats.settings("admin"), "test-admin").await?;
         vigil_common::provision::provision(&admin, &options.limits).await?;
@@ -173,7 +206,11 @@ impl Stack {
         let (prefix, rest) = writer_url.split_once('@').context("database url")?;
         let (host_port, database) = rest.split_once('/').context("database url")?;
         let pg_proxy = TcpProxy::start(host_port.to_owned()).await?;
-        let writer_db = format!("{prefix}@127.0.0.1:{}/{database}", pg_proxy.port);
+        let writer_db = if stack.postgres_proxy {
+            format!("{prefix}@127.0.0.1:{}/{database}", pg_proxy.port)
+        } else {
+            writer_url.clone()
+        };
 
         let logs = tempfile::tempdir()?;
         let (gateway_port, gateway_health) = (free_port()?, free_port()?);
@@ -306,7 +343,9 @@ impl Stack {
         writer.start().await?;
         gateway.start().await?;
         reader.start().await?;
-        correlator.start().await?;
+        if stack.correlator {
+            correlator.start().await?;
+        }
         Ok(Stack {
             pki,
             nats,

@@ -430,7 +430,7 @@ async fn database_roles_grant_least_privilege_and_rls_scopes_the_reader() -> any
     tx.rollback().await?;
     for sql in [
         "INSERT INTO events SELECT * FROM events LIMIT 1",
-        "UPDATE events SET message = 'x'",
+        "UPDATE events SET device_uid = 'x'",
         "DELETE FROM events",
         "DELETE FROM findings",
         "INSERT INTO audit SELECT * FROM audit",
@@ -456,7 +456,7 @@ async fn database_roles_grant_least_privilege_and_rls_scopes_the_reader() -> any
         .execute(&mut writer)
         .await?;
     for sql in [
-        "UPDATE events SET message = 'x'",
+        "UPDATE events SET device_uid = 'x'",
         "DELETE FROM events",
         "DELETE FROM findings",
         "UPDATE audit SET rows = 0",

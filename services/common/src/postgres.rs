@@ -19,12 +19,20 @@ pub struct PostgresSettings {
 #[error("cannot connect to postgres: {0}")]
 pub struct PostgresConnectError(#[source] pub sqlx::Error);
 
-/// Opens a pool whose every session starts with `session` applied
-/// (`set_config(name, value, false)`: e.g. the reader's statement timeout,
-/// the writer's row-level-security scope).
+/// How every session of a pool starts: settings applied with
+/// `set_config(name, value, false)` (e.g. the reader's statement timeout,
+/// the writer's row-level-security scope), then statements run (e.g. the
+/// writer's staging table).
+#[derive(Debug, Clone, Default)]
+pub struct Session {
+    pub settings: Vec<(&'static str, String)>,
+    pub statements: Vec<&'static str>,
+}
+
+/// Opens a pool whose every session starts as `session` says.
 pub async fn connect(
     settings: &PostgresSettings,
-    session: Vec<(&'static str, String)>,
+    session: Session,
 ) -> Result<PgPool, PostgresConnectError> {
     let session = std::sync::Arc::new(session);
     sqlx::postgres::PgPoolOptions::new()
@@ -33,10 +41,15 @@ pub async fn connect(
         .after_connect(move |conn, _meta| {
             let session = session.clone();
             Box::pin(async move {
-                for (name, value) in session.iter() {
+                for (name, value) in &session.settings {
                     sqlx::query("SELECT set_config($1, $2, false)")
                         .bind(name)
                         .bind(value)
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                for statement in &session.statements {
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(*statement))
                         .execute(&mut *conn)
                         .await?;
                 }
@@ -73,7 +86,7 @@ pub fn watch(pool: PgPool, dependency: Dependency, stop: CancellationToken) -> J
 /// `postgres` on `readiness` and [`watch`]es it until `stop`.
 pub async fn connect_ready(
     settings: &PostgresSettings,
-    session: Vec<(&'static str, String)>,
+    session: Session,
     readiness: &crate::readiness::Readiness,
     stop: CancellationToken,
 ) -> Result<(PgPool, Dependency), PostgresConnectError> {

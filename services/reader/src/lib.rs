@@ -181,7 +181,10 @@ impl Service for Reader {
         let probes = CancellationToken::new();
         let (pool, _) = vigil_common::postgres::connect_ready(
             &loaded.postgres,
-            vec![("statement_timeout", timeout_ms)],
+            vigil_common::postgres::Session {
+                settings: vec![("statement_timeout", timeout_ms)],
+                statements: Vec::new(),
+            },
             readiness,
             probes.clone(),
         )

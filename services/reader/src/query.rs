@@ -12,7 +12,10 @@ pub mod sql;
 
 pub use page_token::PageTokens;
 pub use request::{EventQuery, FindingQuery};
-pub use sql::{Db, get_event, get_finding, list_audit, list_events, list_findings, list_sql};
+pub use sql::{
+    Db, ORDERED_WALK, get_event, get_finding, list_audit, list_events, list_events_sql,
+    list_findings,
+};
 
 pub const DEFAULT_LIMIT: u32 = 100;
 pub const MAX_LIMIT: u32 = 1000;

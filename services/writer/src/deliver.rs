@@ -21,17 +21,18 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, AckKind};
-use sqlx::PgPool;
+use std::sync::Arc;
+
 use tokio_util::sync::CancellationToken;
 use vigil_common::readiness::Dependency;
 use vigil_common::subjects::{self, WRITER_CONSUMER, dlq_headers};
 
-use crate::store::{self, Record, Sink};
+use crate::store::{Record, Sink, Store};
 
 /// How the writer treats a batch; see the module docs.
 #[derive(Clone)]
 pub struct Delivery {
-    pub pool: PgPool,
+    pub store: Arc<Store>,
     pub js: jetstream::Context,
     pub max_deliveries: i64,
     pub retry_base: Duration,
@@ -59,6 +60,17 @@ pub fn is_data_error(error: &sqlx::Error) -> bool {
     }
 }
 
+/// Whether a failed insert lost a race with another of the writer's own
+/// transactions (deadlock or serialization failure, SQLSTATE class 40:
+/// two batches re-delivering the same events in different orders): it is
+/// retried at once; Postgres is fine.
+pub fn is_conflict(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| c.starts_with("40")),
+        _ => false,
+    }
+}
+
 impl Delivery {
     /// The same policy for another stream's messages.
     pub fn for_sink(self, sink: Sink) -> Self {
@@ -71,7 +83,7 @@ impl Delivery {
     pub async fn handle(&self, messages: Vec<jetstream::Message>, shutdown: &CancellationToken) {
         let mut decoded = Vec::with_capacity(messages.len());
         for message in messages {
-            match self.sink.decode(message.payload.as_ref()) {
+            match self.sink.decode(&message.payload) {
                 Ok(rows) => decoded.push(Decoded { message, rows }),
                 Err(reason) => self.poison(&message, &reason).await,
             }
@@ -85,7 +97,7 @@ impl Delivery {
             .collect();
         let mut backoff = Duration::from_millis(100);
         loop {
-            match store::insert(&self.pool, &rows).await {
+            match self.store.insert(&rows).await {
                 Ok(inserted) => {
                     tracing::debug!(
                         messages = decoded.len(),
@@ -102,6 +114,10 @@ impl Delivery {
                 Err(error) if is_data_error(&error) => {
                     tracing::warn!(%error, "batch refused by postgres; storing its messages one by one");
                     return self.isolate(decoded).await;
+                }
+                Err(error) if is_conflict(&error) => {
+                    tracing::debug!(%error, "batch lost a race with another; retrying");
+                    tokio::task::yield_now().await;
                 }
                 Err(error) => {
                     tracing::warn!(%error, retry_in = ?backoff, "postgres unavailable; holding the batch");
@@ -129,7 +145,7 @@ impl Delivery {
     /// The batch had a poison message: store each message on its own.
     async fn isolate(&self, decoded: Vec<Decoded>) {
         for d in decoded {
-            match store::insert(&self.pool, &d.rows).await {
+            match self.store.insert(&d.rows).await {
                 Ok(_) => ack(&d.message).await,
                 Err(error) if is_data_error(&error) => {
                     self.poison(&d.message, &format!("postgres refused: {error}"))

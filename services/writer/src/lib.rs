@@ -14,6 +14,7 @@
 //!   [`Service`] lifecycle: one [`vigil_common::consume::pull`] loop per
 //!   sink. Hard dependencies: JetStream and Postgres.
 
+pub mod copy;
 pub mod deliver;
 pub mod store;
 
@@ -51,6 +52,11 @@ pub struct Config {
     /// with each delivery (capped at a minute).
     #[arg(long, env = "RETRY_BASE_MS", default_value_t = 1000)]
     pub retry_base_ms: u64,
+    /// Event batches committed at once, each in its own transaction on its
+    /// own connection (findings and audit records: one at a time). Keep
+    /// the database pool larger by at least 3.
+    #[arg(long, env = "INSERT_CONCURRENCY", default_value_t = 4)]
+    pub insert_concurrency: usize,
 }
 
 /// The writer's settings, checked and loaded.
@@ -60,6 +66,7 @@ pub struct Loaded {
     batching: Batching,
     max_deliveries: i64,
     retry_base: Duration,
+    insert_concurrency: usize,
 }
 
 impl ServiceConfig for Config {
@@ -77,6 +84,21 @@ impl ServiceConfig for Config {
         if !(1..=60_000).contains(&self.retry_base_ms) {
             errors.add(&NAMES.env("RETRY_BASE_MS"), "must be 1 to 60000");
         }
+        if !(1..=64).contains(&self.insert_concurrency) {
+            errors.add(&NAMES.env("INSERT_CONCURRENCY"), "must be 1 to 64");
+        } else if let Some(pg) = &postgres
+            && (pg.max_connections as usize) < self.insert_concurrency + 3
+        {
+            errors.add(
+                &NAMES.env(key::DATABASE_MAX_CONNECTIONS),
+                format!(
+                    "must be at least {} with {}={} (one connection per event batch in flight, one each for findings, audit records and partitions)",
+                    self.insert_concurrency + 3,
+                    NAMES.env("INSERT_CONCURRENCY"),
+                    self.insert_concurrency
+                ),
+            );
+        }
         let loaded = match (nats, postgres, batching) {
             (Some(nats), Some(postgres), Some(batching)) => Some(Loaded {
                 nats,
@@ -84,6 +106,7 @@ impl ServiceConfig for Config {
                 batching,
                 max_deliveries: self.max_deliveries,
                 retry_base: Duration::from_millis(self.retry_base_ms),
+                insert_concurrency: self.insert_concurrency,
             }),
             _ => None,
         };
@@ -103,6 +126,7 @@ pub enum WriterError {
 
 pub struct Writer {
     pool: PgPool,
+    insert_concurrency: usize,
     nats: async_nats::Client,
     /// The writer's durable consumer on each stream it stores.
     consumers: Vec<(PullConsumer, store::Sink)>,
@@ -117,18 +141,19 @@ impl Service for Writer {
     const ABOUT: &'static str =
         "vigil writer: JetStream EVENTS, FINDINGS and AUDIT into Postgres, exactly once";
     const HEALTH_SERVICE: &'static str = "vigil.writer";
-    const DEFAULTS: &'static [(&'static str, &'static str)] =
-        &[(key::HEALTH_LISTEN, "127.0.0.1:4454")];
+    const DEFAULTS: &'static [(&'static str, &'static str)] = &[
+        (key::HEALTH_LISTEN, "127.0.0.1:4454"),
+        (key::DATABASE_MAX_CONNECTIONS, "8"),
+    ];
     type Config = Config;
     type Error = WriterError;
 
     /// Connects to Postgres and NATS and opens the durable consumers.
     async fn build(loaded: Loaded, readiness: &Readiness) -> Result<Self, WriterError> {
-        // Row-level security: the writer stores every tenant's rows.
         let probes = CancellationToken::new();
         let (pool, postgres) = vigil_common::postgres::connect_ready(
             &loaded.postgres,
-            vec![("vigil.tenants", "*".to_owned())],
+            store::session(),
             readiness,
             probes.clone(),
         )
@@ -147,7 +172,7 @@ impl Service for Writer {
             consumers.push((consumer, sink));
         }
         let delivery = deliver::Delivery {
-            pool: pool.clone(),
+            store: std::sync::Arc::new(store::Store::new(pool.clone())),
             js: js.clone(),
             max_deliveries: loaded.max_deliveries,
             retry_base: loaded.retry_base,
@@ -156,6 +181,7 @@ impl Service for Writer {
         };
         Ok(Writer {
             pool,
+            insert_concurrency: loaded.insert_concurrency,
             nats,
             consumers,
             delivery,
@@ -174,6 +200,7 @@ impl Service for Writer {
     async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), WriterError> {
         let Writer {
             pool,
+            insert_concurrency,
             nats,
             consumers,
             delivery,
@@ -183,11 +210,26 @@ impl Service for Writer {
         futures::future::join_all(consumers.into_iter().map(|(consumer, sink)| {
             let delivery = delivery.clone().for_sink(sink);
             let shutdown = shutdown.clone();
+            let in_flight_max = match sink {
+                store::Sink::Events => insert_concurrency,
+                store::Sink::Findings | store::Sink::Audit => 1,
+            };
             async move {
                 let mut batches = vigil_common::consume::pull(consumer, batching, shutdown.clone());
+                // Batches are independent (every insert is idempotent, a
+                // finding keeps its newest version whatever the order), so
+                // several commit at once and the pull fills the next one
+                // meanwhile.
+                let mut in_flight = tokio::task::JoinSet::new();
                 while let Some(batch) = batches.recv().await {
-                    delivery.handle(batch, &shutdown).await;
+                    while in_flight.len() >= in_flight_max {
+                        in_flight.join_next().await;
+                    }
+                    let delivery = delivery.clone();
+                    let shutdown = shutdown.clone();
+                    in_flight.spawn(async move { delivery.handle(batch, &shutdown).await });
                 }
+                while in_flight.join_next().await.is_some() {}
             }
         }))
         .await;

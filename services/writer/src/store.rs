@@ -1,113 +1,161 @@
-//! The events table: schema and idempotent batch insert.
+//! The tables the writer fills: schema, decoding messages into rows, and
+//! idempotent batch inserts (events by binary COPY through a staging
+//! table, into day partitions created on first sight).
 
-use chrono::{DateTime, Utc};
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use chrono::{DateTime, NaiveDate, Utc};
 use prost::Message;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use vigil_proto::audit::v1::AuditRecord;
-use vigil_proto::event::v1::{EventBatch, SecurityEvent};
+use vigil_proto::event::v1::SecurityEvent;
 use vigil_proto::finding::v1::Finding;
+
+use crate::copy::CopyBuffer;
 
 /// Migrations under `services/writer/migrations`, embedded.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// One row of `events`.
+/// One row of `events`: the columns a query filters or orders by, and the
+/// event as the gateway encoded it.
 #[derive(Debug, Clone)]
 pub struct Row {
     pub tenant: String,
-    pub event_id: uuid::Uuid,
+    pub uid: uuid::Uuid,
     pub time: DateTime<Utc>,
     pub severity_id: i16,
     pub class_uid: i32,
-    pub activity_id: i32,
-    pub status_id: i16,
-    pub device: String,
-    pub message: String,
-    pub ingest_time: DateTime<Utc>,
-    pub payload: Vec<u8>,
+    pub device_uid: String,
+    pub logged_time: DateTime<Utc>,
+    /// The event's bytes inside the NATS message (no re-encoding).
+    pub payload: Bytes,
 }
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct RowError(String);
 
-impl TryFrom<SecurityEvent> for Row {
-    type Error = RowError;
-
-    fn try_from(event: SecurityEvent) -> Result<Self, RowError> {
-        let meta = event.metadata.clone().unwrap_or_default();
+impl Row {
+    /// The row of `event`, whose encoding is `payload`.
+    pub fn new(event: &SecurityEvent, payload: Bytes) -> Result<Self, RowError> {
+        let meta = event.metadata.as_ref();
         let time = |ms: i64, what: &str| {
             DateTime::from_timestamp_millis(ms)
                 .ok_or_else(|| RowError(format!("{what} {ms} out of range")))
         };
         Ok(Row {
-            tenant: meta.tenant_uid.clone(),
-            event_id: uuid::Uuid::parse_str(&meta.uid)
+            tenant: event.tenant_uid().to_owned(),
+            uid: uuid::Uuid::parse_str(event.uid())
                 .map_err(|e| RowError(format!("metadata.uid: {e}")))?,
             time: time(event.time, "time")?,
             severity_id: i16::try_from(event.severity_id)
                 .map_err(|_| RowError("severity_id out of range".into()))?,
             class_uid: event.class_uid,
-            activity_id: event.activity_id,
-            status_id: i16::try_from(event.status_id)
-                .map_err(|_| RowError("status_id out of range".into()))?,
-            device: event.device_uid().to_owned(),
-            message: event.message.clone(),
-            ingest_time: time(meta.logged_time, "metadata.logged_time")?,
-            payload: event.encode_to_vec(),
+            device_uid: event.device_uid().to_owned(),
+            logged_time: time(meta.map_or(0, |m| m.logged_time), "metadata.logged_time")?,
+            payload,
         })
+    }
+
+    /// The UTC day of the partition holding the row.
+    pub fn day(&self) -> NaiveDate {
+        self.time.date_naive()
     }
 }
 
-/// Inserts rows in one transaction; rows already present are skipped.
-/// Returns how many were new.
-pub async fn insert_events(pool: &PgPool, rows: &[Row]) -> Result<u64, sqlx::Error> {
+/// The events of an `EventBatch`, each with its own bytes: a slice of
+/// `payload` (field 1, repeated, length-delimited), so the stored payload
+/// is exactly what the gateway published and nothing is encoded twice.
+pub fn batch_events(payload: &Bytes) -> Result<Vec<(SecurityEvent, Bytes)>, String> {
+    use prost::encoding::{DecodeContext, WireType, decode_key, decode_varint, skip_field};
+    let mut buf: &[u8] = payload.as_ref();
+    let mut events = Vec::new();
+    while !buf.is_empty() {
+        let (tag, wire_type) = decode_key(&mut buf).map_err(|e| e.to_string())?;
+        if tag != 1 || wire_type != WireType::LengthDelimited {
+            skip_field(wire_type, tag, &mut buf, DecodeContext::default())
+                .map_err(|e| e.to_string())?;
+            continue;
+        }
+        let len = decode_varint(&mut buf)
+            .map_err(|e| e.to_string())
+            .and_then(|n| usize::try_from(n).map_err(|e| e.to_string()))?;
+        if len > buf.len() {
+            return Err(format!(
+                "events[{}]: {len} bytes announced, {} left",
+                events.len(),
+                buf.len()
+            ));
+        }
+        let bytes = payload.slice_ref(&buf[..len]);
+        buf = &buf[len..];
+        let event = SecurityEvent::decode(bytes.as_ref())
+            .map_err(|e| format!("events[{}]: {e}", events.len()))?;
+        events.push((event, bytes));
+    }
+    Ok(events)
+}
+
+/// The columns of `events` a row fills, in COPY order.
+const EVENT_COLUMNS: &str =
+    "tenant, uid, time, severity_id, class_uid, device_uid, logged_time, payload";
+
+/// `rows` as a binary COPY stream of [`EVENT_COLUMNS`].
+pub fn encode_rows(rows: &[Row]) -> Vec<u8> {
+    let bytes: usize = rows.iter().map(|r| r.payload.len() + 120).sum();
+    let mut copy = CopyBuffer::with_capacity(bytes);
+    for r in rows {
+        copy.row(8)
+            .text(&r.tenant)
+            .uuid(&r.uid)
+            .timestamptz(&r.time)
+            .int2(r.severity_id)
+            .int4(r.class_uid)
+            .text(&r.device_uid)
+            .timestamptz(&r.logged_time)
+            .bytea(&r.payload);
+    }
+    copy.finish()
+}
+
+/// Each writer session's staging table: a batch is COPYed in, then moved
+/// into `events` by one `INSERT ... ON CONFLICT DO NOTHING` (COPY itself
+/// cannot skip rows already stored). Emptied at every commit.
+pub const STAGING_TABLE: &str = "CREATE TEMP TABLE IF NOT EXISTS events_incoming \
+    (LIKE events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS";
+
+/// How every writer session starts: row-level security shows it every
+/// tenant, and it has its staging table.
+pub fn session() -> vigil_common::postgres::Session {
+    vigil_common::postgres::Session {
+        settings: vec![("vigil.tenants", "*".to_owned())],
+        statements: vec![STAGING_TABLE],
+    }
+}
+
+/// Inserts `rows` in `tx`, skipping those already present (same tenant,
+/// time and uid). Returns how many were new. Their partitions must exist.
+async fn insert_events(conn: &mut PgConnection, rows: &[Row]) -> Result<u64, sqlx::Error> {
     if rows.is_empty() {
         return Ok(0);
     }
-    let mut tenant = Vec::with_capacity(rows.len());
-    let mut event_id = Vec::with_capacity(rows.len());
-    let mut time = Vec::with_capacity(rows.len());
-    let mut severity = Vec::with_capacity(rows.len());
-    let mut class = Vec::with_capacity(rows.len());
-    let mut activity = Vec::with_capacity(rows.len());
-    let mut status = Vec::with_capacity(rows.len());
-    let mut device = Vec::with_capacity(rows.len());
-    let mut message = Vec::with_capacity(rows.len());
-    let mut ingest = Vec::with_capacity(rows.len());
-    let mut payload = Vec::with_capacity(rows.len());
-    for r in rows {
-        tenant.push(r.tenant.as_str());
-        event_id.push(r.event_id);
-        time.push(r.time);
-        severity.push(r.severity_id);
-        class.push(r.class_uid);
-        activity.push(r.activity_id);
-        status.push(r.status_id);
-        device.push(r.device.as_str());
-        message.push(r.message.as_str());
-        ingest.push(r.ingest_time);
-        payload.push(r.payload.as_slice());
-    }
-    let mut tx = pool.begin().await?;
+    let stream = encode_rows(rows);
+    let mut copy = conn
+        .copy_in_raw(&format!(
+            "COPY events_incoming ({EVENT_COLUMNS}) FROM STDIN (FORMAT binary)"
+        ))
+        .await?;
+    copy.send(stream).await?;
+    copy.finish().await?;
     let result = sqlx::query(
-        "INSERT INTO events (tenant, uid, time, severity_id, class_uid, activity_id, status_id, device_uid, message, logged_time, payload)
-         SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::timestamptz[], $4::int2[], $5::int4[], $6::int4[], $7::int2[], $8::text[], $9::text[], $10::timestamptz[], $11::bytea[])
-         ON CONFLICT (tenant, uid) DO NOTHING",
+        "INSERT INTO events (tenant, uid, time, severity_id, class_uid, device_uid, logged_time, payload)
+         SELECT tenant, uid, time, severity_id, class_uid, device_uid, logged_time, payload FROM events_incoming
+         ON CONFLICT DO NOTHING",
     )
-    .bind(&tenant)
-    .bind(&event_id)
-    .bind(&time)
-    .bind(&severity)
-    .bind(&class)
-    .bind(&activity)
-    .bind(&status)
-    .bind(&device)
-    .bind(&message)
-    .bind(&ingest)
-    .bind(&payload)
-    .execute(&mut *tx)
+    .execute(&mut *conn)
     .await?;
-    tx.commit().await?;
     Ok(result.rows_affected())
 }
 
@@ -185,31 +233,27 @@ impl Sink {
     }
 
     /// Decodes a message's payload into rows; an error makes it poison.
-    pub fn decode(self, payload: &[u8]) -> Result<Vec<Record>, String> {
+    pub fn decode(self, payload: &Bytes) -> Result<Vec<Record>, String> {
         match self {
-            Sink::Events => {
-                let batch = EventBatch::decode(payload)
-                    .map_err(|e| format!("not a vigil.event.v1.EventBatch: {e}"))?;
-                batch
-                    .events
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, e)| {
-                        Row::try_from(e)
-                            .map(Record::Event)
-                            .map_err(|error| format!("events[{i}]: {error}"))
-                    })
-                    .collect()
-            }
+            Sink::Events => batch_events(payload)
+                .map_err(|e| format!("not a vigil.event.v1.EventBatch: {e}"))?
+                .into_iter()
+                .enumerate()
+                .map(|(i, (event, bytes))| {
+                    Row::new(&event, bytes)
+                        .map(Record::Event)
+                        .map_err(|error| format!("events[{i}]: {error}"))
+                })
+                .collect(),
             Sink::Findings => {
-                let finding = Finding::decode(payload)
+                let finding = Finding::decode(payload.as_ref())
                     .map_err(|e| format!("not a vigil.finding.v1.Finding: {e}"))?;
                 Ok(vec![Record::Finding(
                     FindingRow::try_from(finding).map_err(|e| e.to_string())?,
                 )])
             }
             Sink::Audit => {
-                let record = AuditRecord::decode(payload)
+                let record = AuditRecord::decode(payload.as_ref())
                     .map_err(|e| format!("not a vigil.audit.v1.AuditRecord: {e}"))?;
                 Ok(vec![Record::Audit(
                     AuditRow::try_from(record).map_err(|e| e.to_string())?,
@@ -262,7 +306,7 @@ impl TryFrom<Finding> for FindingRow {
 }
 
 /// Appends audit records; a re-delivered record (same id) is skipped.
-async fn insert_audit(pool: &PgPool, records: &[Record]) -> Result<u64, sqlx::Error> {
+async fn insert_audit(conn: &mut PgConnection, records: &[Record]) -> Result<u64, sqlx::Error> {
     let audit: Vec<&AuditRow> = records
         .iter()
         .filter_map(|r| match r {
@@ -286,21 +330,105 @@ async fn insert_audit(pool: &PgPool, records: &[Record]) -> Result<u64, sqlx::Er
     .bind(audit.iter().map(|a| a.filter.clone()).collect::<Vec<_>>())
     .bind(audit.iter().map(|a| a.rows).collect::<Vec<_>>())
     .bind(audit.iter().map(|a| a.outcome.as_str()).collect::<Vec<_>>())
-    .execute(pool)
+    .execute(&mut *conn)
     .await?;
     Ok(result.rows_affected())
 }
 
-/// Stores events (skipping known ones) and findings (keeping the newest
-/// version) in one transaction.
-pub async fn insert(pool: &PgPool, records: &[Record]) -> Result<u64, sqlx::Error> {
-    let events: Vec<Row> = records
-        .iter()
-        .filter_map(|r| match r {
-            Record::Event(e) => Some(e.clone()),
-            _ => None,
-        })
-        .collect();
+/// Where the writer stores rows: its pool, and the event partitions it
+/// knows exist.
+pub struct Store {
+    pub pool: PgPool,
+    partitions: Mutex<HashSet<NaiveDate>>,
+}
+
+impl Store {
+    pub fn new(pool: PgPool) -> Self {
+        Self {
+            pool,
+            partitions: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Makes sure the day partitions of `rows` exist, and the next day's
+    /// (so midnight never waits for DDL). Each is created once, by the
+    /// owner's `vigil_event_partition` (the writer has no DDL privilege),
+    /// in its own transaction.
+    async fn ensure_partitions(&self, rows: &[Row]) -> Result<(), sqlx::Error> {
+        let missing: Vec<NaiveDate> = {
+            let known = self
+                .partitions
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut days: Vec<NaiveDate> = rows
+                .iter()
+                .map(Row::day)
+                .flat_map(|d| [Some(d), d.succ_opt()])
+                .flatten()
+                .filter(|d| !known.contains(d))
+                .collect();
+            days.sort_unstable();
+            days.dedup();
+            days
+        };
+        for day in missing {
+            sqlx::query("SELECT vigil_event_partition($1)")
+                .bind(day)
+                .execute(&self.pool)
+                .await?;
+            self.partitions
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(day);
+        }
+        Ok(())
+    }
+
+    /// Stores events (skipping known ones), audit records (skipping known
+    /// ones) and findings (keeping the newest version) in one transaction.
+    /// Returns how many rows were new or newer.
+    pub async fn insert(&self, records: &[Record]) -> Result<u64, sqlx::Error> {
+        let events: Vec<Row> = records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Event(e) => Some(e.clone()),
+                _ => None,
+            })
+            .collect();
+        self.ensure_partitions(&events).await?;
+        let mut tx = self.pool.begin().await?;
+        let stored = match insert_records(&mut tx, &events, records).await {
+            Err(error) if is_missing_partition(&error) => {
+                // A partition was dropped (retention) after we saw it:
+                // forget what we know and create them again.
+                drop(tx);
+                self.partitions
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clear();
+                self.ensure_partitions(&events).await?;
+                tx = self.pool.begin().await?;
+                insert_records(&mut tx, &events, records).await?
+            }
+            other => other?,
+        };
+        tx.commit().await?;
+        Ok(stored)
+    }
+}
+
+/// SQLSTATE 23514 without a constraint: "no partition of relation found
+/// for row" (`events` has no CHECK constraint that could raise it).
+fn is_missing_partition(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db)
+        if db.code().as_deref() == Some("23514") && db.constraint().is_none())
+}
+
+async fn insert_records(
+    conn: &mut PgConnection,
+    events: &[Row],
+    records: &[Record],
+) -> Result<u64, sqlx::Error> {
     let mut newest: std::collections::BTreeMap<(String, String), FindingRow> =
         std::collections::BTreeMap::new();
     for r in records {
@@ -311,8 +439,8 @@ pub async fn insert(pool: &PgPool, records: &[Record]) -> Result<u64, sqlx::Erro
             }
         }
     }
-    let mut stored = insert_events(pool, &events).await?;
-    stored += insert_audit(pool, records).await?;
+    let mut stored = insert_events(conn, events).await?;
+    stored += insert_audit(conn, records).await?;
     if newest.is_empty() {
         return Ok(stored);
     }
@@ -335,8 +463,70 @@ pub async fn insert(pool: &PgPool, records: &[Record]) -> Result<u64, sqlx::Erro
     .bind(findings.iter().map(|f| f.window_end).collect::<Vec<_>>())
     .bind(findings.iter().map(|f| f.count).collect::<Vec<_>>())
     .bind(findings.iter().map(|f| f.payload.as_slice()).collect::<Vec<_>>())
-    .execute(pool)
+    .execute(&mut *conn)
     .await?;
     stored += result.rows_affected();
     Ok(stored)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vigil_proto::event::v1::{EventBatch, Metadata};
+
+    fn event(uid: &str, time: i64) -> SecurityEvent {
+        SecurityEvent {
+            class_uid: 3002,
+            activity_id: 1,
+            severity_id: 4,
+            time,
+            message: "m".into(),
+            metadata: Some(Metadata {
+                uid: uid.into(),
+                tenant_uid: "acme".into(),
+                logged_time: time + 1,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn each_event_of_a_batch_keeps_the_bytes_the_gateway_published() -> Result<(), String> {
+        let events = vec![
+            event("6a0b5d52-3a38-4bd1-9b1c-7b3f3f1a0c01", 1_700_000_000_000),
+            event("6a0b5d52-3a38-4bd1-9b1c-7b3f3f1a0c02", 1_700_000_000_500),
+        ];
+        let payload = Bytes::from(
+            EventBatch {
+                events: events.clone(),
+            }
+            .encode_to_vec(),
+        );
+        let decoded = batch_events(&payload)?;
+        assert_eq!(decoded.len(), 2);
+        for ((got, bytes), want) in decoded.iter().zip(&events) {
+            assert_eq!(got, want);
+            assert_eq!(bytes.as_ref(), want.encode_to_vec().as_slice());
+        }
+        let rows = Sink::Events.decode(&payload)?;
+        let Record::Event(row) = &rows[1] else {
+            panic!("an event row")
+        };
+        assert_eq!(row.tenant, "acme");
+        assert_eq!(row.time.timestamp_millis(), 1_700_000_000_500);
+        assert_eq!(row.logged_time.timestamp_millis(), 1_700_000_000_501);
+        Ok(())
+    }
+
+    #[test]
+    fn a_truncated_batch_is_refused_not_half_read() {
+        let payload = EventBatch {
+            events: vec![event("6a0b5d52-3a38-4bd1-9b1c-7b3f3f1a0c01", 1)],
+        }
+        .encode_to_vec();
+        let cut = Bytes::copy_from_slice(&payload[..payload.len() - 3]);
+        assert!(batch_events(&cut).is_err());
+        assert!(Sink::Events.decode(&cut).is_err());
+    }
 }
