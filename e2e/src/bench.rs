@@ -21,6 +21,7 @@
 //! acknowledged event is in Postgres once, no row is doubled.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -58,6 +59,19 @@ pub struct BenchOptions {
     pub correlator: bool,
     /// The longest the writer may take to drain after the load.
     pub drain_timeout: Duration,
+    /// The writer is stopped during the load and started after it, so the
+    /// committed rate is the writer's alone draining a backlog (its ratio
+    /// to the raw insert limit is then not bounded by what the gateway
+    /// accepted).
+    pub backlog: bool,
+    /// Rows bulk-loaded after the ingest run for the query phase (0: no
+    /// query phase).
+    pub query_rows: u64,
+    /// Calls per caller and query in the query phase.
+    pub query_calls: usize,
+    /// Rows bulk-loaded before the run (the committed rate with a table
+    /// that already holds millions of rows).
+    pub preload_rows: u64,
 }
 
 impl Default for BenchOptions {
@@ -71,6 +85,10 @@ impl Default for BenchOptions {
             raw_sessions: 2,
             correlator: false,
             drain_timeout: Duration::from_secs(300),
+            backlog: false,
+            query_rows: 0,
+            query_calls: 200,
+            preload_rows: 0,
         }
     }
 }
@@ -142,6 +160,9 @@ pub struct Report {
     pub gateway_ratio_to_jetstream: f64,
     pub writer_ratio_to_postgres: f64,
     pub exactly_once: ExactlyOnce,
+    /// Seconds the query phase's bulk load took (0 without one).
+    pub query_load_seconds: f64,
+    pub queries: Vec<QueryFigure>,
 }
 
 impl Report {
@@ -191,6 +212,18 @@ impl Report {
             self.writer_ratio_to_postgres * 100.0
         ));
         let e = &self.exactly_once;
+        if !self.queries.is_empty() {
+            line(format!(
+                "queries over gRPC (audit included), after a bulk load of {:.0} s:",
+                self.query_load_seconds
+            ));
+            for q in &self.queries {
+                line(format!(
+                    "  {:<44} {:<22} {:<34} {:>4} rows  p50 {:>7.2} ms  p99 {:>7.2} ms",
+                    q.state, q.caller, q.query, q.rows, q.p50_ms, q.p99_ms
+                ));
+            }
+        }
         line(format!(
             "exactly once: {} acknowledged, {} missing, {} rows, {} duplicated, {} of unknown outcome -> {}",
             e.acknowledged,
@@ -207,6 +240,8 @@ impl Report {
 /// What the devices saw.
 #[derive(Default)]
 struct DeviceOutcome {
+    /// Why the gateway refused the first refused event, if it did.
+    first_rejection: Option<String>,
     acknowledged: Vec<u128>,
     rejected: u64,
     unknown: u64,
@@ -259,6 +294,8 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<Report> {
         "nats": "nats-config/nats-server.conf (TLS, sync_interval: always)",
         "postgres_synchronous_commit": synchronous_commit,
         "correlator": options.correlator,
+        "rows_already_in_the_table": options.preload_rows,
+        "writer": if options.backlog { "stopped during the load, then drains the backlog alone" } else { "running during the load" },
         "cores": std::thread::available_parallelism().map(usize::from).unwrap_or(0),
     });
 
@@ -280,10 +317,38 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<Report> {
         }
     });
 
+    if options.preload_rows > 0 {
+        let sample = sample_message(1);
+        let event = EventBatch::decode(sample.as_ref())?
+            .events
+            .pop()
+            .map(|e| e.encode_to_vec())
+            .unwrap_or_default();
+        bulk_load(&stack.pool, options.preload_rows, &event).await?;
+    }
+    // Rows of this run are those stored from now on.
+    let run_start: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()")
+        .fetch_one(&stack.pool)
+        .await?;
+    if options.backlog {
+        // Nothing is in flight yet.
+        stack.writer.kill9();
+    }
+    let bench_cpu_before = process_cpu_seconds(std::process::id());
     let load_started = Instant::now();
     let outcome = drive(&stack, &devices, options).await?;
     let load_seconds = load_started.elapsed().as_secs_f64();
+    let bench_cpu = process_cpu_seconds(std::process::id()) - bench_cpu_before;
     let accepted = outcome.acknowledged.len() as u64;
+    if let Some(reason) = &outcome.first_rejection {
+        anyhow::bail!(
+            "the gateway rejected {} valid events, the first: {reason}",
+            outcome.rejected
+        );
+    }
+    if options.backlog {
+        stack.writer.start().await?;
+    }
 
     // Drained: the writer's consumer has nothing pending or unacked.
     let drain_started = Instant::now();
@@ -316,7 +381,11 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<Report> {
     sampling.cancel();
     let postgres_peak_kib = postgres_peak.await.unwrap_or(0);
 
-    let mut usage = Vec::new();
+    let mut usage = vec![Usage {
+        process: "devices (this process)".into(),
+        cpu_seconds: bench_cpu,
+        peak_rss_mib: status_kib(std::process::id(), "VmHWM:") as f64 / 1024.0,
+    }];
     for (name, pid) in [
         ("gateway", stack.gateway.pid()),
         ("nats-server", stack.nats.pid()),
@@ -352,8 +421,9 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<Report> {
                 coalesce(percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM stored_at - logged_time)), 0)::float8 AS p99,
                 coalesce(percentile_cont(0.999) WITHIN GROUP (ORDER BY extract(epoch FROM stored_at - logged_time)), 0)::float8 AS p999,
                 coalesce(avg(length(payload)), 0)::float8 AS payload_bytes
-         FROM events",
+         FROM events WHERE stored_at >= $1",
     )
+    .bind(run_start)
     .fetch_one(&stack.pool)
     .await?;
     let rows = u64::try_from(stats.get::<i64, _>("rows")).unwrap_or(0);
@@ -392,14 +462,22 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<Report> {
 
     // A payload of the size the pipeline stored, for the raw insert; the
     // message the gateway published, for the raw publish.
-    let sample: Vec<u8> =
-        sqlx::query_scalar("SELECT payload FROM events ORDER BY length(payload) DESC LIMIT 1")
-            .fetch_optional(&stack.pool)
-            .await?
-            .unwrap_or_default();
+    let sample: Vec<u8> = sqlx::query_scalar(
+        "SELECT payload FROM events WHERE stored_at >= $1 ORDER BY length(payload) DESC LIMIT 1",
+    )
+    .bind(run_start)
+    .fetch_optional(&stack.pool)
+    .await?
+    .unwrap_or_default();
     let per_message = events_per_message.round().max(1.0) as usize;
     let message = sample_message(per_message);
     let message_bytes = message.len();
+    let (query_load_seconds, queries) = if options.query_rows > 0 {
+        query_phase(&mut stack, options.query_rows, options.query_calls, &sample).await?
+    } else {
+        (0.0, Vec::new())
+    };
+
     // The raw limits run alone (the stack's processes stopped; its PKI,
     // which the raw publisher uses too, stays until the end).
     stack.gateway.terminate(Duration::from_secs(10)).await.ok();
@@ -436,6 +514,8 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<Report> {
         gateway_ratio_to_jetstream: accepted as f64 / load_seconds / raw_jetstream.max(1.0),
         writer_ratio_to_postgres: committed_per_sec / raw_postgres.max(1.0),
         exactly_once,
+        query_load_seconds,
+        queries,
     })
 }
 
@@ -455,7 +535,22 @@ async fn drive(
         attempt_timeout: Duration::from_secs(15),
     };
     let url = stack.gateway_url();
-    let stop_at = tokio::time::Instant::now() + options.duration;
+    // A device sends what it observes; generating realistic events is not
+    // its work, so every device draws from 1,000 events of the device-sim
+    // mix made up front and sends them with fresh ids and the current
+    // time.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let start = vigil_common::now_millis();
+    let templates: Arc<Vec<SecurityEvent>> = Arc::new(
+        (0..1000)
+            .map(|_| {
+                let kind = vigil_client::events::random_kind(&mut rng);
+                vigil_client::events::sample(kind, &mut rng, start)
+            })
+            .collect(),
+    );
+    let begin = tokio::time::Instant::now();
+    let stop_at = begin + options.duration;
     let mut tasks = tokio::task::JoinSet::new();
     for (i, (tenant, device)) in devices.iter().enumerate() {
         let paths = stack.pki.device(tenant, device);
@@ -467,13 +562,18 @@ async fn drive(
         let url = url.clone();
         let policy = policy.clone();
         let batch = options.batch;
+        let templates = templates.clone();
+        // Devices are not synchronised: each starts at its own offset
+        // within the send interval.
+        let first_send = begin + interval.mul_f64(i as f64 / devices.len() as f64);
         tasks.spawn(async move {
             let mut client = DeviceClient::connect(&url, &files, policy)
                 .await
                 .context("device connect")?;
             let mut rng = rand::rngs::StdRng::seed_from_u64(i as u64);
+            let mut next = i * 37;
             let mut out = DeviceOutcome::default();
-            let mut tick = tokio::time::interval(interval);
+            let mut tick = tokio::time::interval_at(first_send, interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
@@ -481,16 +581,21 @@ async fn drive(
                     break;
                 }
                 let now = vigil_common::now_millis();
+                let mut ids = Vec::with_capacity(batch);
                 let events: Vec<SecurityEvent> = (0..batch)
                     .map(|_| {
-                        let kind = vigil_client::events::random_kind(&mut rng);
-                        vigil_client::events::sample(kind, &mut rng, now)
+                        let mut e = templates[next % templates.len()].clone();
+                        next += 1;
+                        let uid = uuid::Builder::from_unix_timestamp_millis(
+                            u64::try_from(now).unwrap_or(0),
+                            &rand::Rng::random(&mut rng),
+                        )
+                        .into_uuid();
+                        ids.push(uid.as_u128());
+                        e.time = now;
+                        e.metadata.get_or_insert_default().uid = uid.to_string();
+                        e
                     })
-                    .collect();
-                let ids: Vec<u128> = events
-                    .iter()
-                    .filter_map(|e| uuid::Uuid::parse_str(e.uid()).ok())
-                    .map(|u| u.as_u128())
                     .collect();
                 let sent = Instant::now();
                 match client.publish(events).await {
@@ -499,6 +604,11 @@ async fn drive(
                         let rejected: HashSet<u32> =
                             response.rejected.iter().map(|r| r.index).collect();
                         out.rejected += rejected.len() as u64;
+                        if let Some(first) = response.rejected.first()
+                            && out.first_rejection.is_none()
+                        {
+                            out.first_rejection = Some(format!("{first:?}"));
+                        }
                         out.acknowledged.extend(
                             ids.iter()
                                 .enumerate()
@@ -520,6 +630,7 @@ async fn drive(
         let out = result??;
         all.acknowledged.extend(out.acknowledged);
         all.rejected += out.rejected;
+        all.first_rejection = all.first_rejection.or(out.first_rejection);
         all.unknown += out.unknown;
         all.latencies_ms.extend(out.latencies_ms);
     }
@@ -712,4 +823,187 @@ impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.text())
     }
+}
+
+/// One query's latency over gRPC (audit included), in one state of the
+/// table's statistics.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueryFigure {
+    pub state: String,
+    pub caller: String,
+    pub query: String,
+    pub rows: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// Tenants of the bulk-loaded rows: the devices' three and 17 more, so a
+/// one-tenant analyst sees a twentieth of the table.
+fn bulk_tenants() -> Vec<String> {
+    TENANTS
+        .iter()
+        .map(|t| (*t).to_owned())
+        .chain((3..20).map(|i| format!("tenant-{i:02}")))
+        .collect()
+}
+
+/// Loads `rows` events spread over the last six days into the stack's
+/// table (day partitions created as the writer would), in two sessions
+/// of one-million-row statements, and never analyzes them.
+async fn bulk_load(pool: &sqlx::PgPool, rows: u64, payload: &[u8]) -> anyhow::Result<f64> {
+    let today = chrono::Utc::now().date_naive();
+    for back in 0..7 {
+        let day = today - chrono::Duration::days(back);
+        for d in [Some(day), day.succ_opt()].into_iter().flatten() {
+            sqlx::query("SELECT vigil_event_partition($1)")
+                .bind(d)
+                .execute(pool)
+                .await?;
+        }
+    }
+    let started = Instant::now();
+    let chunk = 1_000_000u64;
+    let chunks: Vec<u64> = (0..rows.div_ceil(chunk)).collect();
+    let mut tasks = tokio::task::JoinSet::new();
+    for lane in 0..2 {
+        let pool = pool.clone();
+        let mine: Vec<u64> = chunks.iter().copied().filter(|c| c % 2 == lane).collect();
+        let payload = payload.to_vec();
+        let tenants = bulk_tenants();
+        tasks.spawn(async move {
+            for c in mine {
+                let first = c * chunk;
+                let n = chunk.min(rows - first);
+                sqlx::query(
+                    "INSERT INTO events (tenant, uid, time, severity_id, class_uid, device_uid, logged_time, payload)
+                     SELECT ($4::text[])[1 + (i % 1000) % 20], gen_random_uuid(),
+                            now() - interval '1 minute' - (i * (interval '6 days' / $3)),
+                            CASE WHEN (i / 1000) % 100 < 40 THEN 1 WHEN (i / 1000) % 100 < 70 THEN 2
+                                 WHEN (i / 1000) % 100 < 90 THEN 3 WHEN (i / 1000) % 100 < 97 THEN 4
+                                 WHEN (i / 1000) % 100 < 99 THEN 5 ELSE 6 END,
+                            (ARRAY[1001, 1007, 3002, 3003, 4001, 4002, 4003, 4007])[1 + (i / 7) % 8],
+                            'bench-' || lpad((i % 1000)::text, 4, '0'), now(), $5
+                     FROM generate_series($1::int8, $2::int8) AS i",
+                )
+                .bind(i64::try_from(first).unwrap_or(0))
+                .bind(i64::try_from(first + n - 1).unwrap_or(0))
+                .bind(i64::try_from(rows).unwrap_or(1).max(1))
+                .bind(&tenants)
+                .bind(&payload)
+                .execute(&pool)
+                .await?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(result) = tasks.join_next().await {
+        result??;
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// Each caller's first page of each query, `calls` times, over gRPC.
+async fn measure_queries(
+    stack: &Stack,
+    state: &str,
+    calls: usize,
+) -> anyhow::Result<Vec<QueryFigure>> {
+    use vigil_proto::query::v1::ListEventsRequest;
+    use vigil_proto::query::v1::query_service_client::QueryServiceClient;
+    let url = format!("https://127.0.0.1:{}", stack.reader_port);
+    let queries: [(&str, ListEventsRequest); 3] = [
+        (
+            "newest 10 >= HIGH",
+            ListEventsRequest {
+                min_severity: 4,
+                limit: 10,
+                ..Default::default()
+            },
+        ),
+        (
+            "a page of 100, class 3002",
+            ListEventsRequest {
+                class_uids: vec![3002],
+                limit: 100,
+                ..Default::default()
+            },
+        ),
+        (
+            "a page of 100, device bench-0000",
+            ListEventsRequest {
+                source_device: "bench-0000".into(),
+                limit: 100,
+                ..Default::default()
+            },
+        ),
+    ];
+    let mut figures = Vec::new();
+    for (user, caller) in [
+        ("acme-analyst", "one-tenant analyst"),
+        ("analyst", "three-tenant analyst"),
+        ("admin", "admin"),
+    ] {
+        let paths = stack.pki.user(user);
+        let files = TlsFiles {
+            ca: stack.pki.ca(),
+            cert: paths.cert,
+            key: paths.key,
+        };
+        let mut client = QueryServiceClient::new(vigil_client::connect(&url, &files).await?);
+        for (what, request) in &queries {
+            let mut took = Vec::with_capacity(calls);
+            let mut rows = 0;
+            for i in 0..calls + 5 {
+                let started = Instant::now();
+                let page = client.list_events(request.clone()).await?.into_inner();
+                // The first calls warm the connection and the caches.
+                if i >= 5 {
+                    took.push(started.elapsed().as_secs_f64() * 1000.0);
+                }
+                rows = page.events.len();
+            }
+            let p = Percentiles::of_millis(took);
+            figures.push(QueryFigure {
+                state: state.into(),
+                caller: caller.into(),
+                query: (*what).into(),
+                rows,
+                p50_ms: p.p50,
+                p99_ms: p.p99,
+            });
+        }
+    }
+    Ok(figures)
+}
+
+/// Bulk-loads `rows` rows, then measures the queries right after the load
+/// (no ANALYZE), with Postgres forced onto generic plans, and after
+/// ANALYZE.
+async fn query_phase(
+    stack: &mut Stack,
+    rows: u64,
+    calls: usize,
+    payload: &[u8],
+) -> anyhow::Result<(f64, Vec<QueryFigure>)> {
+    let load_seconds = bulk_load(&stack.pool, rows, payload).await?;
+    let mut figures =
+        measure_queries(stack, "right after the bulk load, before ANALYZE", calls).await?;
+    // A database setting reaches new sessions: restart the reader.
+    let database = stack.db.name().to_owned();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "ALTER DATABASE {database} SET plan_cache_mode = force_generic_plan"
+    )))
+    .execute(&stack.pool)
+    .await?;
+    stack.reader.terminate(Duration::from_secs(10)).await?;
+    stack.reader.start().await?;
+    figures.extend(measure_queries(stack, "forced generic plans", calls).await?);
+    sqlx::raw_sql("ANALYZE events").execute(&stack.pool).await?;
+    figures.extend(measure_queries(stack, "forced generic plans, after ANALYZE", calls).await?);
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "ALTER DATABASE {database} RESET plan_cache_mode"
+    )))
+    .execute(&stack.pool)
+    .await?;
+    Ok((load_seconds, figures))
 }

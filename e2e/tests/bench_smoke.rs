@@ -17,6 +17,10 @@ async fn the_benchmark_runs_and_checks_exactly_once() -> anyhow::Result<()> {
         raw_sessions: 1,
         correlator: true,
         drain_timeout: Duration::from_secs(60),
+        backlog: false,
+        query_rows: 20_000,
+        query_calls: 3,
+        preload_rows: 5_000,
     })
     .await?;
     eprintln!("{report}");
@@ -48,6 +52,12 @@ async fn the_benchmark_runs_and_checks_exactly_once() -> anyhow::Result<()> {
             .find(|u| u.process == process)
             .unwrap_or_else(|| panic!("no figures for {process}: {report}"));
         assert!(usage.peak_rss_mib > 0.0, "{process}: {report}");
+    }
+    // Three states of the statistics x three callers x three queries,
+    // each a full page.
+    assert_eq!(report.queries.len(), 27, "{report}");
+    for q in &report.queries {
+        assert!(q.rows > 0 && q.p99_ms > 0.0, "{q:?}");
     }
     let json = serde_json::to_value(&report)?;
     assert!(json["writer_ratio_to_postgres"].as_f64().is_some());

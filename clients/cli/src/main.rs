@@ -195,6 +195,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Admin {
             command: AdminCommand::Provision { nats },
         } => commands::admin::provision(&nats, &ca).await,
+        Command::Admin {
+            command:
+                AdminCommand::Retention {
+                    database_url,
+                    keep_days,
+                },
+        } => commands::admin::retention(&database_url, keep_days).await,
         Command::Dlq { nats, command } => commands::admin::dlq(&nats, &ca, output, command).await,
     }
 }

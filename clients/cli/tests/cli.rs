@@ -366,3 +366,53 @@ async fn ocsf_output_of_every_class_and_of_a_finding_validates() -> anyhow::Resu
     mesh.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn retention_drops_whole_days_older_than_kept_and_refuses_too_few() -> anyhow::Result<()> {
+    let db = vigil_e2e::TestDb::create().await?;
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(["admin"])
+            .args(args)
+            .args(["--database-url", &db.url])
+            .output()
+    };
+    let migrated = run(&["migrate"])?;
+    assert!(migrated.status.success(), "{}", text(&migrated.stderr));
+    let owner = sqlx::PgPool::connect(&db.url).await?;
+    let today = chrono::Utc::now().date_naive();
+    let mut names = Vec::new();
+    for back in [10, 8, 7, 0] {
+        let name: String = sqlx::query_scalar("SELECT vigil_event_partition($1)")
+            .bind(today - chrono::Duration::days(back))
+            .fetch_one(&owner)
+            .await?;
+        names.push(name);
+    }
+
+    let refused = run(&["retention", "--keep-days", "3"])?;
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused.stderr));
+    assert!(
+        text(&refused.stderr).contains("--keep-days 3"),
+        "{}",
+        text(&refused.stderr)
+    );
+
+    // Eight days kept: today and the seven before it.
+    let kept = run(&["retention", "--keep-days", "8"])?;
+    assert!(kept.status.success(), "{}", text(&kept.stderr));
+    assert!(
+        text(&kept.stderr).contains(&names[0]) && text(&kept.stderr).contains(&names[1]),
+        "{}",
+        text(&kept.stderr)
+    );
+    let left: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+         WHERE i.inhparent = 'events'::regclass ORDER BY 1",
+    )
+    .fetch_all(&owner)
+    .await?;
+    assert_eq!(left, vec![names[2].clone(), names[3].clone()]);
+    owner.close().await;
+    Ok(())
+}

@@ -34,6 +34,22 @@ struct Args {
     /// Run the correlator beside the writer.
     #[arg(long)]
     correlator: bool,
+    /// Stop the writer during the load and let it drain the backlog alone
+    /// afterwards (its rate is then the writer's, not the gateway's).
+    #[arg(long)]
+    backlog: bool,
+    /// Bulk-load this many rows after the run and measure the analysts'
+    /// queries over gRPC (right after the load, with generic plans, after
+    /// ANALYZE).
+    #[arg(long, default_value_t = 0)]
+    query_rows: u64,
+    /// Calls per caller and query in the query phase.
+    #[arg(long, default_value_t = 200)]
+    query_calls: usize,
+    /// Bulk-load this many rows before the run (the committed rate with a
+    /// table that already holds them).
+    #[arg(long, default_value_t = 0)]
+    preload_rows: u64,
     /// Also write the report as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -50,6 +66,10 @@ async fn main() -> std::process::ExitCode {
         raw_duration: Duration::from_secs(args.raw_secs),
         raw_sessions: args.raw_sessions,
         correlator: args.correlator,
+        backlog: args.backlog,
+        query_rows: args.query_rows,
+        query_calls: args.query_calls,
+        preload_rows: args.preload_rows,
         ..BenchOptions::default()
     };
     let report = match run(&options).await {

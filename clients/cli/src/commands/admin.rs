@@ -58,7 +58,24 @@ pub enum AdminCommand {
         #[arg(long, env = "VIGIL_ADMIN_DATABASE_URL")]
         database_url: String,
     },
+    /// Drop the day partitions of events older than --keep-days (whole
+    /// days, UTC; rows are not deleted one by one). Runs as the schema
+    /// owner.
+    Retention {
+        /// The owner's URL, as for `migrate`.
+        #[arg(long, env = "VIGIL_ADMIN_DATABASE_URL")]
+        database_url: String,
+        /// Days of events to keep, today included. At least 8: the gateway
+        /// accepts events up to 7 days old, and dropping a day it still
+        /// accepts would lose them.
+        #[arg(long)]
+        keep_days: u32,
+    },
 }
+
+/// The fewest days `vigil admin retention` keeps (the gateway's oldest
+/// accepted event is 7 days old).
+pub const MIN_KEEP_DAYS: u32 = 8;
 
 #[derive(Subcommand)]
 pub enum DlqCommand {
@@ -95,6 +112,39 @@ pub async fn migrate(database_url: &str) -> Result<(), Failure> {
         .map_err(|e| failure(format!("migration failed: {e}")))?;
     pool.close().await;
     eprintln!("database schema is current; roles <database>_writer and <database>_reader granted");
+    Ok(())
+}
+
+/// `vigil admin retention`.
+pub async fn retention(database_url: &str, keep_days: u32) -> Result<(), Failure> {
+    if keep_days < MIN_KEEP_DAYS {
+        return Err(Failure::new(
+            code::USAGE,
+            format!(
+                "--keep-days {keep_days}: must be at least {MIN_KEEP_DAYS} (the gateway accepts events up to 7 days old)"
+            ),
+        ));
+    }
+    let failure = |message: String| Failure::new(code::UNAVAILABLE, message);
+    let pool = sqlx::PgPool::connect(database_url)
+        .await
+        .map_err(|e| failure(format!("cannot connect to the database: {e}")))?;
+    let before = chrono::Utc::now().date_naive() - chrono::Duration::days(i64::from(keep_days) - 1);
+    let dropped: Vec<String> = sqlx::query_scalar("SELECT vigil_drop_event_partitions($1)")
+        .bind(before)
+        .fetch_all(&pool)
+        .await
+        .map_err(|e| Failure::new(code::FAILED, format!("retention failed: {e}")))?;
+    pool.close().await;
+    if dropped.is_empty() {
+        eprintln!("no event partition older than {before}");
+    } else {
+        eprintln!(
+            "dropped {} event partition(s) older than {before}: {}",
+            dropped.len(),
+            dropped.join(", ")
+        );
+    }
     Ok(())
 }
 
