@@ -164,14 +164,14 @@ async fn queries_walk_their_index_with_generic_plans_and_stale_statistics() -> a
             "class filter, one tenant",
             query(0, vec![3002], None),
             one.clone(),
-            vec!["'t7'", "ARRAY[3002]"],
-            "events_pkey",
+            vec!["'t7'", "3002"],
+            "events_tenant_class_time",
         ),
         (
             "class filter, all tenants",
             query(0, vec![4001], None),
             TenantScope::All,
-            vec!["ARRAY[4001]"],
+            vec!["4001"],
             "events_time",
         ),
         (
@@ -179,7 +179,14 @@ async fn queries_walk_their_index_with_generic_plans_and_stale_statistics() -> a
             query(0, vec![], Some("device-7")),
             one.clone(),
             vec!["'t7'", "'device-7'"],
-            "events_pkey",
+            "events_tenant_device_time",
+        ),
+        (
+            "device filter, three tenants",
+            query(0, vec![], Some("device-7")),
+            three.clone(),
+            vec!["ARRAY['t3','t7','t11']", "'device-7'"],
+            "events_tenant_device_time",
         ),
     ];
     // A partition's index is named after its columns; plans are checked

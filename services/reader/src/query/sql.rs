@@ -147,7 +147,10 @@ fn severity_clause(min_severity: i32) -> String {
 /// the partial HIGH+ indexes apply and that it needs a handful of rows;
 /// one tenant is an equality, so the `(tenant, time, uid)` key delivers
 /// rows in order; several tenants are one such walk per tenant
-/// (`LATERAL`), merged, so a three-tenant analyst never sorts the union.
+/// (`LATERAL`), merged, so a three-tenant analyst never sorts the union;
+/// one device or one class is an equality that the `(tenant, device_uid,
+/// time, uid)` and `(tenant, class_uid, time, uid)` indexes deliver in
+/// order.
 /// Day partitions are ordered by time, so the newest partition is walked
 /// first and the rest only if it has too few rows.
 pub fn list_events_sql(
@@ -173,10 +176,18 @@ pub fn list_events_sql(
         TenantScope::Only(_) => sql.push("events.tenant = scope.tenant"),
     };
     sql.push(severity_clause(query.page.min_severity));
-    if !query.class_uids.is_empty() {
-        sql.push(" AND class_uid = ANY(")
-            .push_bind(query.class_uids.clone())
-            .push(")");
+    // One class is an equality, so `(tenant, class_uid, time, uid)`
+    // delivers its rows in order; several are filtered on the tenant's walk.
+    match query.class_uids.as_slice() {
+        [] => {}
+        [class] => {
+            sql.push(" AND class_uid = ").push_bind(*class);
+        }
+        several => {
+            sql.push(" AND class_uid = ANY(")
+                .push_bind(several.to_vec())
+                .push(")");
+        }
     }
     if let Some(device) = &query.source_device {
         sql.push(" AND device_uid = ").push_bind(device.clone());
