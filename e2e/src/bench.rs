@@ -165,9 +165,9 @@ pub struct Report {
     pub queries: Vec<QueryFigure>,
 }
 
-impl Report {
-    /// The report as a table a person reads.
-    pub fn text(&self) -> String {
+/// The report as a table a person reads.
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut out = String::new();
         let mut line = |s: String| {
             out.push_str(&s);
@@ -233,7 +233,7 @@ impl Report {
             e.rows_of_unknown,
             if e.ok { "ok" } else { "FAILED" }
         ));
-        out
+        f.write_str(&out)
     }
 }
 
@@ -755,14 +755,18 @@ async fn raw_postgres(payload: &[u8], sessions: usize, duration: Duration) -> an
     Ok(rows as f64 / seconds)
 }
 
+/// Clock ticks per second of `/proc/<pid>/stat` (asked once).
 fn clock_ticks() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
 }
 
 /// User + system CPU seconds of `pid` so far (Linux `/proc`).
@@ -784,14 +788,7 @@ fn process_cpu_seconds(pid: u32) -> f64 {
 }
 
 fn status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(field))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
+    crate::stack::proc_status_kib(pid, field).unwrap_or(0)
 }
 
 fn postgres_pids() -> Vec<u32> {
@@ -822,12 +819,6 @@ fn postgres_rss_kib() -> u64 {
         .sum()
 }
 
-impl std::fmt::Display for Report {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.text())
-    }
-}
-
 /// One query's latency over gRPC (audit included), in one state of the
 /// table's statistics.
 #[derive(Debug, Clone, Serialize)]
@@ -855,14 +846,12 @@ fn bulk_tenants() -> Vec<String> {
 /// of one-million-row statements, and never analyzes them.
 async fn bulk_load(pool: &sqlx::PgPool, rows: u64, payload: &[u8]) -> anyhow::Result<f64> {
     let today = chrono::Utc::now().date_naive();
-    for back in 0..7 {
-        let day = today - chrono::Duration::days(back);
-        for d in [Some(day), day.succ_opt()].into_iter().flatten() {
-            sqlx::query("SELECT vigil_event_partition($1)")
-                .bind(d)
-                .execute(pool)
-                .await?;
-        }
+    // The six days of rows, today, and tomorrow (as the writer does).
+    for offset in -6..=1 {
+        sqlx::query("SELECT vigil_event_partition($1)")
+            .bind(today + chrono::Duration::days(offset))
+            .execute(pool)
+            .await?;
     }
     let started = Instant::now();
     let chunk = 1_000_000u64;

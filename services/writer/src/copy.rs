@@ -77,15 +77,6 @@ impl CopyBuffer {
         self.buf.extend_from_slice(&(-1i16).to_be_bytes());
         self.buf
     }
-
-    /// Bytes so far.
-    pub fn len(&self) -> usize {
-        self.buf.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.buf.len() <= 19
-    }
 }
 
 #[cfg(test)]

@@ -103,8 +103,12 @@ const EVENT_COLUMNS: &str =
     "tenant, uid, time, severity_id, class_uid, device_uid, logged_time, payload";
 
 /// `rows` as a binary COPY stream of [`EVENT_COLUMNS`].
-pub fn encode_rows(rows: &[Row]) -> Vec<u8> {
-    let bytes: usize = rows.iter().map(|r| r.payload.len() + 120).sum();
+pub fn encode_rows<'a>(rows: impl IntoIterator<Item = &'a Row> + Clone) -> Vec<u8> {
+    let bytes: usize = rows
+        .clone()
+        .into_iter()
+        .map(|r| r.payload.len() + 120)
+        .sum();
     let mut copy = CopyBuffer::with_capacity(bytes);
     for r in rows {
         copy.row(8)
@@ -137,11 +141,11 @@ pub fn session() -> vigil_common::postgres::Session {
 
 /// Inserts `rows` in `tx`, skipping those already present (same tenant,
 /// time and uid). Returns how many were new. Their partitions must exist.
-async fn insert_events(conn: &mut PgConnection, rows: &[Row]) -> Result<u64, sqlx::Error> {
+async fn insert_events(conn: &mut PgConnection, rows: &[&Row]) -> Result<u64, sqlx::Error> {
     if rows.is_empty() {
         return Ok(0);
     }
-    let stream = encode_rows(rows);
+    let stream = encode_rows(rows.iter().copied());
     let mut copy = conn
         .copy_in_raw(&format!(
             "COPY events_incoming ({EVENT_COLUMNS}) FROM STDIN (FORMAT binary)"
@@ -354,7 +358,7 @@ impl Store {
     /// (so midnight never waits for DDL). Each is created once, by the
     /// owner's `vigil_event_partition` (the writer has no DDL privilege),
     /// in its own transaction.
-    async fn ensure_partitions(&self, rows: &[Row]) -> Result<(), sqlx::Error> {
+    async fn ensure_partitions(&self, rows: &[&Row]) -> Result<(), sqlx::Error> {
         let missing: Vec<NaiveDate> = {
             let known = self
                 .partitions
@@ -362,7 +366,7 @@ impl Store {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             let mut days: Vec<NaiveDate> = rows
                 .iter()
-                .map(Row::day)
+                .map(|r| r.day())
                 .flat_map(|d| [Some(d), d.succ_opt()])
                 .flatten()
                 .filter(|d| !known.contains(d))
@@ -388,10 +392,10 @@ impl Store {
     /// ones) and findings (keeping the newest version) in one transaction.
     /// Returns how many rows were new or newer.
     pub async fn insert(&self, records: &[Record]) -> Result<u64, sqlx::Error> {
-        let events: Vec<Row> = records
+        let events: Vec<&Row> = records
             .iter()
             .filter_map(|r| match r {
-                Record::Event(e) => Some(e.clone()),
+                Record::Event(e) => Some(e),
                 _ => None,
             })
             .collect();
@@ -426,7 +430,7 @@ fn is_missing_partition(error: &sqlx::Error) -> bool {
 
 async fn insert_records(
     conn: &mut PgConnection,
-    events: &[Row],
+    events: &[&Row],
     records: &[Record],
 ) -> Result<u64, sqlx::Error> {
     let mut newest: std::collections::BTreeMap<(String, String), FindingRow> =
