@@ -1,34 +1,86 @@
-//! The rule engine: event-time tumbling windows per (rule, tenant, group
-//! key), a watermark that closes them, late events that update findings
+//! The rule engine: event-time sliding windows per (rule, tenant, group
+//! key), a watermark that closes them, late events that amend findings
 //! already emitted, and suppression that folds repeats into one finding.
 //!
-//! Deterministic by construction: a window's outcome depends only on the
-//! set of events in it (each counted once by `event_id`), evaluated when
-//! the watermark passes its end; finding ids derive from (rule, tenant,
-//! key, window start). So shuffling events within the allowed lateness,
-//! or delivering them twice, yields the same findings.
+//! ## Windows
 //!
-//! The whole [`State`] is serialisable: the service checkpoints it before
-//! acknowledging the events it has absorbed.
+//! A rule's `window` W slides by its `hop` H (H divides W). Time is cut
+//! into panes of length H; the engine evaluates, when the watermark passes
+//! the end of a pane, the W/H + 1 panes that end there. Every pattern whose
+//! events lie within W of each other fits in such a run of panes, so it is
+//! found wherever it falls in time (a pattern spread over up to W + H may
+//! be found too). Overlapping windows that fire for the same key fold into
+//! the key's open finding; so do windows within the rule's `suppress`.
+//!
+//! ## State, and its bound
+//!
+//! The state is one [`Track`] per live (rule, tenant, group key), holding
+//! per pane only what the rule's outcome depends on: a count, up to
+//! [`PANE_SEEN`] (or the threshold, if larger) event-id hashes for
+//! deduplication, the first and last [`PANE_EVIDENCE`] event ids as
+//! evidence, up to the threshold distinct-value hashes, and per sequence
+//! step the first and last `at_least` marks. Never the events themselves.
+//!
+//! A pane is dropped once the last window holding it has closed; a key
+//! with a finding keeps its panes `late_retention` longer, and the finding
+//! itself `max(late_retention, suppress)` past its window, so late events
+//! can amend it. A key with no pane and no finding is forgotten. Hence
+//!
+//! ```text
+//! live keys  <=  keys with a matching event in the last (W + H + allowed lateness) of event time
+//!              + keys with a finding in the last max(late_retention, suppress)
+//! state      <=  live keys × (W/H + 1 + lateness/H [+ late_retention/H]) panes × the per-pane bound
+//! ```
+//!
+//! so memory and checkpoint size follow the number of live keys, not
+//! events/s × retention. A late event behind the watermark whose key has
+//! no finding and whose windows have all closed is dropped and counted
+//! (`dropped_late_events`); it can no longer create a finding.
+//!
+//! ## Determinism
+//!
+//! A window's outcome depends only on the set of events in it (each counted
+//! once: by event-id hash while the pane's dedup set has room; a pane with
+//! more than [`PANE_SEEN`] events may count a repeated event again, which
+//! can raise a finding's count but never create a finding, as the threshold
+//! is reached first), evaluated when the watermark passes its end; finding
+//! ids derive from (rule, tenant, key, window start). So shuffling events
+//! within the allowed lateness, or delivering them twice, yields the same
+//! findings.
+//!
+//! The engine records which keys changed ([`Engine::take_delta`]); the
+//! service checkpoints those changes, not the whole state.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use vigil_proto::event::v1::SecurityEvent;
 
 use crate::fields;
-use crate::rules::{Kind, Rule};
+use crate::rules::{Kind, Rule, Step};
 
-/// At most this many contributing event ids are carried by a finding.
+/// At most this many contributing event ids are carried by a finding: the
+/// first and the last half of them by (time, id).
 pub const MAX_EVENT_IDS: usize = 100;
+/// Evidence a pane keeps: its first and last this many event ids.
+pub const PANE_EVIDENCE: usize = 8;
+/// Event-id hashes a pane keeps to count each event once (or the rule's
+/// threshold, if larger).
+pub const PANE_SEEN: usize = 64;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// How far behind the newest event time the watermark trails.
     pub allowed_lateness_ms: i64,
-    /// How long (in event time) closed windows are kept for late events.
+    /// How long (in event time) a key keeps its panes after their windows
+    /// closed, for late events.
     pub late_retention_ms: i64,
+    /// At most this many keys are kept only for late events (no window
+    /// open, no finding); beyond it the one that would expire first is
+    /// forgotten (`evicted_keys`).
+    pub max_late_keys: usize,
 }
 
 impl Default for Settings {
@@ -36,31 +88,9 @@ impl Default for Settings {
         Self {
             allowed_lateness_ms: 30_000,
             late_retention_ms: 3_600_000,
+            max_late_keys: 1_000_000,
         }
     }
-}
-
-/// One event's part in a window.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct Contribution {
-    time: i64,
-    step: usize,
-    /// The distinct-count field's value.
-    value: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct Window {
-    rule: String,
-    tenant: String,
-    key: Vec<(String, String)>,
-    start: i64,
-    end: i64,
-    events: BTreeMap<String, Contribution>,
-    closed: bool,
-    /// The finding this window fed, and what it contributed to it.
-    finding: Option<String>,
-    contributed: usize,
 }
 
 /// A finding as the engine keeps it.
@@ -76,7 +106,7 @@ pub struct Finding {
     pub window_start: i64,
     pub window_end: i64,
     pub count: usize,
-    /// The first [`MAX_EVENT_IDS`] contributing events by (time, id).
+    /// The first and last [`MAX_EVENT_IDS`]/2 contributing events by (time, id).
     pub event_ids: Vec<String>,
     /// OCSF activity: 1 Create, 2 Update.
     pub activity_id: i32,
@@ -84,47 +114,333 @@ pub struct Finding {
     pub version: u32,
 }
 
-/// Everything the engine knows; checkpointed as a whole.
+/// Marks (time, event-id hash) of one sequence step in a pane.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct State {
+struct Marks {
+    first: Vec<(i64, u64)>,
+    last: Vec<(i64, u64)>,
+}
+
+/// What one pane of one key holds (see the module's bound).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Pane {
+    /// Distinct matching events.
+    count: u32,
+    /// How much of this pane's weight a finding already counts.
+    credited: u32,
+    /// Sorted event-id hashes, for counting each event once.
+    seen: Vec<u64>,
+    /// The first and last [`PANE_EVIDENCE`] events by (time, id), sorted.
+    evidence: Vec<(i64, String)>,
+    /// Sorted hashes of distinct values (distinct_count rules).
+    values: Vec<u64>,
+    /// Per step (sequence rules).
+    steps: Vec<Marks>,
+}
+
+/// Inserts into a vector growing 1, 2, 4, … (most of the engine's vectors
+/// hold one or two items; the default first allocation holds four).
+fn insert_at<T>(v: &mut Vec<T>, at: usize, x: T) {
+    if v.len() == v.capacity() {
+        v.reserve_exact(v.len().max(1));
+    }
+    v.insert(at, x);
+}
+
+/// Keeps `v` sorted and at most `keep` long, holding its smallest
+/// (`smallest`) or largest items; false if `x` was already there.
+fn insert_bounded<T: Ord>(v: &mut Vec<T>, x: T, keep: usize, smallest: bool) -> bool {
+    match v.binary_search(&x) {
+        Ok(_) => false,
+        Err(pos) => {
+            if v.len() < keep {
+                insert_at(v, pos, x);
+            } else if smallest && pos < v.len() {
+                v.pop();
+                insert_at(v, pos, x);
+            } else if !smallest && pos > 0 {
+                v.remove(0);
+                insert_at(v, pos - 1, x);
+            }
+            true
+        }
+    }
+}
+
+/// Keeps `v` sorted, holding the `ends` smallest and `ends` largest items
+/// seen (all of them while there are at most 2 × `ends`).
+fn keep_ends<T: Ord>(v: &mut Vec<T>, x: T, ends: usize) {
+    let Err(pos) = v.binary_search(&x) else {
+        return;
+    };
+    if v.len() < 2 * ends {
+        insert_at(v, pos, x);
+    } else if pos < ends {
+        // Into the first half; its largest falls into the unkept middle.
+        v.remove(ends - 1);
+        insert_at(v, pos, x);
+    } else if pos > ends {
+        v.remove(ends);
+        insert_at(v, pos - 1, x);
+    }
+}
+
+/// A key's panes by index, sorted (most keys have one or a few, so a
+/// vector beats a tree).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+struct PaneMap(Vec<(i64, Pane)>);
+
+impl PaneMap {
+    fn at(&self, index: i64) -> usize {
+        self.0.partition_point(|(i, _)| *i < index)
+    }
+    /// Panes with `lo <= index <= hi`.
+    fn range(&self, lo: i64, hi: i64) -> &[(i64, Pane)] {
+        let (a, b) = (self.at(lo), self.0.partition_point(|(i, _)| *i <= hi));
+        &self.0[a..b.max(a)]
+    }
+    fn range_mut(&mut self, lo: i64, hi: i64) -> &mut [(i64, Pane)] {
+        let (a, b) = (self.at(lo), self.0.partition_point(|(i, _)| *i <= hi));
+        &mut self.0[a..b.max(a)]
+    }
+    fn entry(&mut self, index: i64) -> &mut Pane {
+        let at = self.at(index);
+        if self.0.get(at).is_none_or(|(i, _)| *i != index) {
+            insert_at(&mut self.0, at, (index, Pane::default()));
+        }
+        &mut self.0[at].1
+    }
+    /// Indexes above `after`.
+    fn after(&self, after: i64) -> impl Iterator<Item = i64> + '_ {
+        self.0[self.0.partition_point(|(i, _)| *i <= after)..]
+            .iter()
+            .map(|(i, _)| *i)
+    }
+    fn first(&self) -> Option<i64> {
+        self.0.first().map(|(i, _)| *i)
+    }
+    fn retain(&mut self, keep: impl Fn(i64) -> bool) {
+        self.0.retain(|(i, _)| keep(*i));
+    }
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+fn seen_cap(rule: &Rule) -> usize {
+    match &rule.kind {
+        Kind::Threshold { threshold, .. } | Kind::DistinctCount { threshold, .. } => {
+            (*threshold).max(PANE_SEEN)
+        }
+        Kind::Sequence { steps } => steps
+            .iter()
+            .map(|s| s.at_least)
+            .sum::<usize>()
+            .max(PANE_SEEN),
+    }
+}
+
+impl Pane {
+    /// Adds one event; false if it was already counted.
+    fn add(&mut self, rule: &Rule, id: &str, time: i64, step: usize, value: Option<u64>) -> bool {
+        let hash = fnv1a(id);
+        match self.seen.binary_search(&hash) {
+            Ok(_) => return false,
+            Err(pos) if self.seen.len() < seen_cap(rule) => insert_at(&mut self.seen, pos, hash),
+            Err(_) => {}
+        }
+        self.count = self.count.saturating_add(1);
+        keep_ends(&mut self.evidence, (time, id.to_owned()), PANE_EVIDENCE);
+        match &rule.kind {
+            Kind::DistinctCount { threshold, .. } => {
+                if let Some(v) = value
+                    && let Err(pos) = self.values.binary_search(&v)
+                    && self.values.len() < (*threshold).max(PANE_SEEN)
+                {
+                    insert_at(&mut self.values, pos, v);
+                }
+            }
+            Kind::Sequence { steps } => {
+                if self.steps.len() < steps.len() {
+                    self.steps.resize_with(steps.len(), Marks::default);
+                }
+                if let (Some(marks), Some(s)) = (self.steps.get_mut(step), steps.get(step)) {
+                    insert_bounded(&mut marks.first, (time, hash), s.at_least, true);
+                    insert_bounded(&mut marks.last, (time, hash), s.at_least, false);
+                }
+            }
+            Kind::Threshold { .. } => {}
+        }
+        true
+    }
+
+    /// What this pane adds to a finding's count.
+    fn weight(&self, rule: &Rule) -> u32 {
+        match rule.kind {
+            Kind::DistinctCount { .. } => u32::try_from(self.values.len()).unwrap_or(u32::MAX),
+            _ => self.count,
+        }
+    }
+}
+
+/// A finding a key fed, with the evidence it has gathered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Held {
+    finding: Finding,
+    evidence: Vec<(i64, String)>,
+}
+
+/// Where a track sits in the engine's indexes (derived, not stored; equal
+/// for any two tracks, so it never makes two states differ).
+#[derive(Debug, Clone, Copy, Default)]
+struct Index {
+    /// (tenant number, when the track next needs attention).
+    due: Option<(u32, i64)>,
+    /// When it expires, if it is kept only for late events.
+    cold: Option<i64>,
+}
+
+impl PartialEq for Index {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Index {}
+
+/// Everything the engine keeps for one (rule, tenant, group key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Track {
+    /// Shared with every track of the rule and of the tenant.
+    rule: Arc<str>,
+    tenant: Arc<str>,
+    /// The values of the rule's `group_by` fields.
+    key: Box<[String]>,
+    #[serde(skip)]
+    index: Index,
+    /// By pane index (pane start / hop).
+    panes: PaneMap,
+    /// The window ending at every pane up to this index has been evaluated.
+    evaluated: i64,
+    /// Findings late events may still amend, oldest first.
+    held: Vec<Held>,
+}
+
+/// One tenant's event-time clock. Tenants' devices are independent, so
+/// each tenant has its own watermark: one tenant's backlog is not late
+/// because another's clock is ahead.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Clock {
     pub max_event_time: i64,
     pub watermark: i64,
-    /// Keyed by window id.
-    windows: BTreeMap<String, Window>,
-    /// Keyed by finding id.
-    pub findings: BTreeMap<String, Finding>,
-    /// Latest finding per (rule, tenant, key), for suppression.
-    latest: BTreeMap<String, String>,
-    /// Events that arrived after their window closed.
+}
+
+/// The engine's clocks and counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Global {
+    pub clocks: BTreeMap<String, Clock>,
+    /// Events that arrived after their first window closed.
     pub late_events: u64,
-    /// Late events whose window was already forgotten.
+    /// Late events nothing could take any more.
     pub dropped_late_events: u64,
-    /// Open windows by end (derived from `windows`, rebuilt on load), so
-    /// advancing the watermark touches only the windows it closes.
-    #[serde(skip)]
-    open: std::collections::BTreeSet<(i64, String)>,
-    /// Closed windows by end, for forgetting them after the retention.
-    #[serde(skip)]
-    closed: std::collections::BTreeSet<(i64, String)>,
+    /// Keys forgotten early to stay within `max_late_keys`.
+    pub evicted_keys: u64,
+}
+
+impl Global {
+    /// The laggiest tenant's watermark (0 before any event).
+    pub fn min_watermark(&self) -> i64 {
+        self.clocks.values().map(|c| c.watermark).min().unwrap_or(0)
+    }
+}
+
+/// A track's identity: the first 128 bits of SHA-256 of (rule, tenant, key).
+pub type TrackId = u128;
+
+/// Everything the engine knows: what a snapshot holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub global: Global,
+    tracks: HashMap<TrackId, Track>,
+}
+
+/// The changes since the last delta: each changed track's new value, or
+/// `None` for a forgotten one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delta {
+    pub global: Global,
+    pub changes: Vec<(TrackId, Option<Track>)>,
+}
+
+impl State {
+    /// Applies a delta taken from an engine that held this state.
+    pub fn apply(&mut self, delta: Delta) {
+        self.global = delta.global;
+        for (id, track) in delta.changes {
+            match track {
+                Some(t) => self.tracks.insert(id, t),
+                None => self.tracks.remove(&id),
+            };
+        }
+    }
+
+    /// Live (rule, tenant, key) tracks.
+    pub fn live_keys(&self) -> usize {
+        self.tracks.len()
+    }
+
+    /// Every finding still held (late events may amend it).
+    pub fn findings(&self) -> impl Iterator<Item = &Finding> {
+        self.tracks
+            .values()
+            .flat_map(|t| t.held.iter().map(|h| &h.finding))
+    }
 }
 
 pub struct Engine {
     rules: Vec<Rule>,
+    by_id: HashMap<String, usize>,
     settings: Settings,
-    pub state: State,
+    state: State,
+    /// Tracks by tenant and when they next need attention (a window
+    /// closes, a pane or finding expires); derived, rebuilt on load.
+    due: BTreeSet<(u32, i64, TrackId)>,
+    /// A small number per tenant, for `due`, and the shared name.
+    tenants: HashMap<String, u32>,
+    tenant_names: Vec<Arc<str>>,
+    /// The rules' ids, shared by their tracks.
+    rule_names: Vec<Arc<str>>,
+    /// Keys kept only for late events, by expiry; derived.
+    cold: BTreeSet<(i64, TrackId)>,
+    /// Tracks changed since the last delta.
+    changed: HashSet<TrackId>,
 }
 
-fn digest(parts: &[&str]) -> String {
+fn digest(parts: &[&str]) -> [u8; 16] {
     let mut h = Sha256::new();
     for p in parts {
         h.update(p.as_bytes());
         h.update([0]);
     }
-    h.finalize()
-        .iter()
-        .take(16)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&h.finalize()[..16]);
+    out
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// FNV-1a: a stable 64-bit hash for event ids and values (stable across
+/// builds, as checkpoints keep it).
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 fn key_text(key: &[(String, String)]) -> String {
@@ -132,6 +448,20 @@ fn key_text(key: &[(String, String)]) -> String {
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// `key_text` of the fields and their values, without building the pairs.
+fn key_text_of(fields: &[String], values: &[String]) -> String {
+    let mut text = String::new();
+    for (i, (k, v)) in fields.iter().zip(values).enumerate() {
+        if i > 0 {
+            text.push(',');
+        }
+        text.push_str(k);
+        text.push('=');
+        text.push_str(v);
+    }
+    text
 }
 
 /// The start of the window of size `size` holding `time` (floor, also for
@@ -143,49 +473,219 @@ pub fn window_start(time: i64, size: i64) -> i64 {
     time.saturating_sub(time.rem_euclid(size))
 }
 
-/// The deterministic id of the finding a window creates.
+/// The deterministic id of the finding a window starting at `start` creates.
 pub fn finding_id(rule: &str, tenant: &str, key: &[(String, String)], start: i64) -> String {
-    digest(&[rule, tenant, &key_text(key), &start.to_string()])
+    hex(&digest(&[rule, tenant, &key_text(key), &start.to_string()]))
+}
+
+fn track_id(rule: &str, tenant: &str, fields: &[String], values: &[String]) -> TrackId {
+    u128::from_be_bytes(digest(&[rule, tenant, &key_text_of(fields, values)]))
+}
+
+/// Pane arithmetic of one rule.
+#[derive(Clone, Copy)]
+struct Panes {
+    hop: i64,
+    /// Panes in a window besides the last (W / H).
+    span: i64,
+}
+
+impl Panes {
+    fn of(rule: &Rule) -> Self {
+        let hop = rule.hop_ms.max(1);
+        Self {
+            hop,
+            span: (rule.window_ms / hop).max(1),
+        }
+    }
+    fn pane(self, time: i64) -> i64 {
+        time.div_euclid(self.hop)
+    }
+    fn start(self, pane: i64) -> i64 {
+        pane.saturating_mul(self.hop)
+    }
+    /// When the window ending at `pane` closes.
+    fn close(self, pane: i64) -> i64 {
+        self.start(pane.saturating_add(1))
+    }
+    /// When the last window holding `pane` closes.
+    fn last_close(self, pane: i64) -> i64 {
+        self.start(pane.saturating_add(self.span).saturating_add(1))
+    }
+}
+
+/// Whether the steps occur in order within `panes` (greedy: each step's
+/// `at_least`-th mark after the previous step's completes it). Exact when
+/// a pane holds at most 2 × `at_least` marks of a step; else a step may
+/// complete later than it did (never earlier).
+fn sequence_holds(steps: &[Step], panes: &[&Pane]) -> bool {
+    let mut after: Option<(i64, u64)> = None;
+    for (i, step) in steps.iter().enumerate() {
+        let mut known: Vec<(i64, u64)> = panes
+            .iter()
+            .filter_map(|p| p.steps.get(i))
+            .flat_map(|m| m.first.iter().chain(m.last.iter()))
+            .copied()
+            .filter(|m| after.is_none_or(|a| *m > a))
+            .collect();
+        known.sort_unstable();
+        known.dedup();
+        let Some(&done) = known.get(step.at_least.saturating_sub(1)) else {
+            return false;
+        };
+        after = Some(done);
+    }
+    true
+}
+
+/// Keeps the first and last half of `MAX_EVENT_IDS` of sorted, deduplicated evidence.
+fn bound_evidence(evidence: &mut Vec<(i64, String)>) {
+    evidence.sort();
+    evidence.dedup();
+    if evidence.len() > MAX_EVENT_IDS {
+        let half = MAX_EVENT_IDS / 2;
+        evidence.drain(half..evidence.len() - half);
+    }
 }
 
 impl Engine {
-    pub fn new(rules: Vec<Rule>, settings: Settings, mut state: State) -> Self {
-        state.open.clear();
-        state.closed.clear();
-        for (id, w) in &state.windows {
-            let index = if w.closed {
-                &mut state.closed
-            } else {
-                &mut state.open
-            };
-            index.insert((w.end, id.clone()));
-        }
-        Self {
-            rules,
+    pub fn new(rules: Vec<Rule>, settings: Settings, state: State) -> Self {
+        let mut engine = Self {
+            by_id: HashMap::new(),
+            rules: Vec::new(),
             settings,
             state,
+            due: BTreeSet::new(),
+            tenants: HashMap::new(),
+            tenant_names: Vec::new(),
+            rule_names: Vec::new(),
+            cold: BTreeSet::new(),
+            changed: HashSet::new(),
+        };
+        engine.set_rules(rules);
+        let ids: Vec<TrackId> = engine.state.tracks.keys().copied().collect();
+        for id in ids {
+            // One shared name per tenant and rule, as ingest makes them.
+            if let Some(t) = engine.state.tracks.get(&id) {
+                let (tenant, rule) = (t.tenant.clone(), t.rule.clone());
+                let ix = engine.tenant_ix(&tenant) as usize;
+                let tenant = engine.tenant_names[ix].clone();
+                let rule = engine
+                    .by_id
+                    .get(&*rule)
+                    .map_or(rule, |&r| engine.rule_names[r].clone());
+                if let Some(t) = engine.state.tracks.get_mut(&id) {
+                    (t.tenant, t.rule) = (tenant, rule);
+                }
+            }
+            engine.schedule(id);
         }
+        engine
+    }
+
+    fn set_rules(&mut self, rules: Vec<Rule>) {
+        self.by_id = rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.id.clone(), i))
+            .collect();
+        self.rule_names = rules.iter().map(|r| Arc::from(r.id.as_str())).collect();
+        self.rules = rules;
     }
 
     pub fn rules(&self) -> &[Rule] {
         &self.rules
     }
 
-    /// Swaps the rule set; state of rules that remain is kept, state of
-    /// removed rules is dropped.
-    pub fn replace_rules(&mut self, rules: Vec<Rule>) {
-        let ids: std::collections::HashSet<&str> = rules.iter().map(|r| r.id.as_str()).collect();
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    pub fn global(&self) -> &Global {
+        &self.state.global
+    }
+
+    /// `tenant`'s clock (zero before its first event).
+    pub fn clock(&self, tenant: &str) -> Clock {
         self.state
-            .windows
-            .retain(|_, w| ids.contains(w.rule.as_str()));
-        self.rules = rules;
-        let state = std::mem::take(&mut self.state);
-        self.state = Engine::new(Vec::new(), self.settings.clone(), state).state;
+            .global
+            .clocks
+            .get(tenant)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    fn tenant_ix(&mut self, tenant: &str) -> u32 {
+        if let Some(&ix) = self.tenants.get(tenant) {
+            return ix;
+        }
+        let ix = u32::try_from(self.tenants.len()).unwrap_or(u32::MAX);
+        self.tenants.insert(tenant.to_owned(), ix);
+        self.tenant_names.push(Arc::from(tenant));
+        ix
+    }
+
+    /// Swaps the rule set; state of rules that remain unchanged is kept,
+    /// state of removed or changed rules is dropped.
+    pub fn replace_rules(&mut self, rules: Vec<Rule>) {
+        let kept: HashSet<String> = rules
+            .iter()
+            .filter(|r| self.by_id.get(&r.id).and_then(|&i| self.rules.get(i)) == Some(*r))
+            .map(|r| r.id.clone())
+            .collect();
+        let dropped: Vec<TrackId> = self
+            .state
+            .tracks
+            .iter()
+            .filter(|(_, t)| !kept.contains(&*t.rule))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in dropped {
+            self.forget(id);
+        }
+        self.set_rules(rules);
+    }
+
+    fn forget(&mut self, id: TrackId) {
+        if let Some(t) = self.state.tracks.remove(&id) {
+            self.unindex(id, t.index);
+        }
+        self.changed.insert(id);
+    }
+
+    fn unindex(&mut self, id: TrackId, index: Index) {
+        if let Some((t, due)) = index.due {
+            self.due.remove(&(t, due, id));
+        }
+        if let Some(at) = index.cold {
+            self.cold.remove(&(at, id));
+        }
+    }
+
+    /// The changes since the last call, for an incremental checkpoint.
+    pub fn take_delta(&mut self) -> Delta {
+        let mut changes: Vec<(TrackId, Option<Track>)> = self
+            .changed
+            .drain()
+            .map(|id| (id, self.state.tracks.get(&id).cloned()))
+            .collect();
+        changes.sort_unstable_by_key(|c| c.0);
+        Delta {
+            global: self.state.global.clone(),
+            changes,
+        }
+    }
+
+    /// Keys changed since the last delta.
+    pub fn pending_changes(&self) -> usize {
+        self.changed.len()
     }
 
     /// Absorbs one event of `tenant`; returns findings created or updated.
     pub fn ingest(&mut self, tenant: &str, event: &SecurityEvent) -> Vec<Finding> {
         let mut out = Vec::new();
+        // Counted once per event, however many rules it is late for.
+        let (mut was_late, mut was_dropped) = (false, false);
         for r in 0..self.rules.len() {
             let rule = &self.rules[r];
             let Some(step) = rule.step_of(event) else {
@@ -194,276 +694,344 @@ impl Engine {
             let Some(key) = rule
                 .group_by
                 .iter()
-                .map(|f| fields::value(event, f).map(|v| (f.clone(), v)))
+                .map(|f| fields::value(event, f))
                 .collect::<Option<Vec<_>>>()
             else {
                 continue;
             };
             let value = match &rule.kind {
                 Kind::DistinctCount { field, .. } => match fields::value(event, field) {
-                    Some(v) => Some(v),
+                    Some(v) => Some(fnv1a(&v)),
                     None => continue,
                 },
                 _ => None,
             };
-            let start = window_start(event.time, rule.window_ms);
-            let end = start.saturating_add(rule.window_ms);
-            let id = digest(&[&rule.id, tenant, &key_text(&key), &start.to_string()]);
-            if !self.state.windows.contains_key(&id)
-                && end
-                    <= self
-                        .state
-                        .watermark
-                        .saturating_sub(self.settings.late_retention_ms)
-            {
-                // So late its window is forgotten: counted, not silently lost.
-                self.state.late_events += 1;
-                self.state.dropped_late_events += 1;
+            let panes = Panes::of(rule);
+            let pane = panes.pane(event.time);
+            let watermark = self.clock(tenant).watermark;
+            let late = panes.close(pane) <= watermark;
+            let id = track_id(&rule.id, tenant, &rule.group_by, &key);
+            let keep_until = panes
+                .last_close(pane)
+                .saturating_add(self.settings.late_retention_ms);
+            if late && keep_until <= watermark {
+                // So late nothing can take it: counted, not silently lost.
+                (was_late, was_dropped) = (true, true);
                 continue;
             }
-            let watermark = self.state.watermark;
-            let window = self.state.windows.entry(id.clone()).or_insert_with(|| {
-                let index = if end <= watermark {
-                    &mut self.state.closed
-                } else {
-                    &mut self.state.open
+            if !self.state.tracks.contains_key(&id) {
+                let ix = self.tenant_ix(tenant) as usize;
+                let track = Track {
+                    rule: self.rule_names[r].clone(),
+                    tenant: self.tenant_names[ix].clone(),
+                    key: key.into_boxed_slice(),
+                    index: Index::default(),
+                    panes: PaneMap::default(),
+                    evaluated: i64::MIN,
+                    held: Vec::new(),
                 };
-                index.insert((end, id.clone()));
-                Window {
-                    rule: rule.id.clone(),
-                    tenant: tenant.to_owned(),
-                    key,
-                    start,
-                    end,
-                    events: BTreeMap::new(),
-                    closed: end <= watermark,
-                    finding: None,
-                    contributed: 0,
-                }
-            });
-            if window.events.contains_key(event.uid()) {
+                self.state.tracks.insert(id, track);
+            }
+            let rule = &self.rules[r];
+            let Some(track) = self.state.tracks.get_mut(&id) else {
+                continue;
+            };
+            if !track
+                .panes
+                .entry(pane)
+                .add(rule, event.uid(), event.time, step, value)
+            {
                 continue; // the same event again: counted once
             }
-            window.events.insert(
-                event.uid().to_owned(),
-                Contribution {
-                    time: event.time,
-                    step,
-                    value,
-                },
-            );
-            if window.closed {
-                self.state.late_events += 1;
-                if let Some(f) = self.evaluate_window(&id) {
-                    out.push(f);
+            self.changed.insert(id);
+            if late {
+                was_late = true;
+                // Windows already evaluated that hold this pane, again.
+                let again: Vec<i64> = track
+                    .panes
+                    .range(pane, pane.saturating_add(panes.span))
+                    .iter()
+                    .map(|(e, _)| *e)
+                    .take_while(|e| *e <= track.evaluated)
+                    .collect();
+                for e in again {
+                    out.extend(self.evaluate(r, id, e));
                 }
+                out.extend(self.settle(id, watermark));
             }
+            self.schedule(id);
         }
-        if event.time > self.state.max_event_time {
-            self.state.max_event_time = event.time;
+        self.evict();
+        let global = &mut self.state.global;
+        global.late_events += u64::from(was_late);
+        global.dropped_late_events += u64::from(was_dropped);
+        let clock = match global.clocks.get_mut(tenant) {
+            Some(c) => c,
+            None => global.clocks.entry(tenant.to_owned()).or_default(),
+        };
+        if event.time > clock.max_event_time {
+            clock.max_event_time = event.time;
+            let watermark = event.time.saturating_sub(self.settings.allowed_lateness_ms);
+            out.extend(self.advance_tenant(tenant, watermark));
         }
-        out.extend(
-            self.advance(
-                self.state
-                    .max_event_time
-                    .saturating_sub(self.settings.allowed_lateness_ms),
-            ),
-        );
         out
     }
 
-    /// Moves the watermark forward to `watermark` (never back), closing the
-    /// windows it passes. The service calls this with an idle-time estimate
-    /// when no events arrive, so a quiet source does not stall windows.
+    /// Moves every tenant's watermark forward to `watermark`.
     pub fn advance(&mut self, watermark: i64) -> Vec<Finding> {
-        if watermark <= self.state.watermark {
+        let tenants: Vec<String> = self.state.global.clocks.keys().cloned().collect();
+        tenants
+            .iter()
+            .flat_map(|t| self.advance_tenant(t, watermark))
+            .collect()
+    }
+
+    /// Moves `tenant`'s watermark forward to `watermark` (never back),
+    /// closing the windows it passes. The service calls this with an
+    /// idle-time estimate for a tenant whose events stopped, so a quiet
+    /// source does not stall windows.
+    pub fn advance_tenant(&mut self, tenant: &str, watermark: i64) -> Vec<Finding> {
+        let Some(clock) = self.state.global.clocks.get_mut(tenant) else {
+            return Vec::new();
+        };
+        if watermark <= clock.watermark {
             return Vec::new();
         }
-        self.state.watermark = watermark;
-        // Close in event-time order (the index's order) so suppression
-        // chains form the same way whatever order events arrived in.
-        let still_open = self
-            .state
-            .open
-            .split_off(&(watermark.saturating_add(1), String::new()));
-        let closing = std::mem::replace(&mut self.state.open, still_open);
+        clock.watermark = watermark;
+        let t = self.tenant_ix(tenant);
         let mut out = Vec::new();
-        for (end, id) in closing {
-            if let Some(w) = self.state.windows.get_mut(&id) {
-                w.closed = true;
+        // In (due, id) order, so suppression chains form the same way
+        // whatever order events arrived in.
+        while let Some(&(_, due, id)) = self
+            .due
+            .range((t, i64::MIN, 0)..=(t, watermark, TrackId::MAX))
+            .next()
+        {
+            self.due.remove(&(t, due, id));
+            if let Some(track) = self.state.tracks.get_mut(&id) {
+                track.index.due = None;
             }
-            self.state.closed.insert((end, id.clone()));
-            if let Some(f) = self.evaluate_window(&id) {
-                out.push(f);
+            out.extend(self.settle(id, watermark));
+            self.schedule(id);
+        }
+        self.evict();
+        out
+    }
+
+    /// Keeps at most `max_late_keys` keys that only wait for late events.
+    fn evict(&mut self) {
+        while self.cold.len() > self.settings.max_late_keys {
+            let Some(&(_, id)) = self.cold.first() else {
+                break;
+            };
+            self.forget(id);
+            self.state.global.evicted_keys += 1;
+        }
+    }
+
+    /// Evaluates the windows of `id` that closed by `watermark`, then drops
+    /// what nothing can need any more.
+    fn settle(&mut self, id: TrackId, watermark: i64) -> Vec<Finding> {
+        let mut out = Vec::new();
+        let Some(track) = self.state.tracks.get(&id) else {
+            return out;
+        };
+        let Some(&r) = self.by_id.get(&*track.rule) else {
+            self.forget(id);
+            return out;
+        };
+        let rule = &self.rules[r];
+        let panes = Panes::of(rule);
+        let closing: Vec<i64> = track
+            .panes
+            .after(track.evaluated)
+            .take_while(|e| panes.close(*e) <= watermark)
+            .collect();
+        for e in closing {
+            out.extend(self.evaluate(r, id, e));
+            if let Some(t) = self.state.tracks.get_mut(&id) {
+                t.evaluated = e;
             }
+            self.changed.insert(id);
         }
-        let horizon = watermark.saturating_sub(self.settings.late_retention_ms);
-        let kept = self
-            .state
-            .closed
-            .split_off(&(horizon.saturating_add(1), String::new()));
-        let forgotten = std::mem::replace(&mut self.state.closed, kept);
-        for (_, id) in &forgotten {
-            self.state.windows.remove(id);
+        let rule = &self.rules[r];
+        let hold = self.settings.late_retention_ms.max(rule.suppress_ms);
+        let retention = self.settings.late_retention_ms;
+        let Some(track) = self.state.tracks.get_mut(&id) else {
+            return out;
+        };
+        let before = (track.held.len(), track.panes.len());
+        track
+            .held
+            .retain(|h| h.finding.window_end.saturating_add(hold) > watermark);
+        let extra = retention;
+        track
+            .panes
+            .retain(|p| panes.last_close(p).saturating_add(extra) > watermark);
+        if before != (track.held.len(), track.panes.len()) {
+            self.changed.insert(id);
         }
-        if !forgotten.is_empty() {
-            // Findings nothing can update any more (no window left, past any
-            // suppression period) leave the state; they are on the bus.
-            let suppress = self.rules.iter().map(|r| r.suppress_ms).max().unwrap_or(0);
-            let live: std::collections::HashSet<&String> = self
-                .state
-                .windows
-                .values()
-                .filter_map(|w| w.finding.as_ref())
-                .collect();
-            let keep: std::collections::BTreeMap<String, Finding> = self
-                .state
-                .findings
-                .iter()
-                .filter(|(id, f)| {
-                    live.contains(id) || f.window_end.saturating_add(suppress) > horizon
-                })
-                .map(|(id, f)| (id.clone(), f.clone()))
-                .collect();
-            self.state.findings = keep;
-            let findings = &self.state.findings;
-            self.state.latest.retain(|_, id| findings.contains_key(id));
+        if track.panes.is_empty() && track.held.is_empty() {
+            self.forget(id);
         }
         out
     }
 
-    /// Applies a closed window's current contents to its finding.
-    fn evaluate_window(&mut self, id: &str) -> Option<Finding> {
-        let window = self.state.windows.get(id)?;
-        let rule = self.rules.iter().find(|r| r.id == window.rule)?;
-        let (count, mut contributors) = outcome(rule, window)?;
-        if count <= window.contributed {
+    /// When `id` next needs [`Engine::settle`].
+    fn schedule(&mut self, id: TrackId) {
+        let Some(track) = self.state.tracks.get(&id) else {
+            return;
+        };
+        let (old, tenant) = (track.index, track.tenant.clone());
+        let Some(rule) = self.by_id.get(&*track.rule).map(|&i| &self.rules[i]) else {
+            return;
+        };
+        let panes = Panes::of(rule);
+        let hold = self.settings.late_retention_ms.max(rule.suppress_ms);
+        let extra = self.settings.late_retention_ms;
+        let next_close = track
+            .panes
+            .after(track.evaluated)
+            .next()
+            .map(|e| panes.close(e));
+        let pane_expiry = track
+            .panes
+            .first()
+            .map(|p| panes.last_close(p).saturating_add(extra));
+        let held_expiry = track
+            .held
+            .iter()
+            .map(|h| h.finding.window_end.saturating_add(hold))
+            .min();
+        let cold = match (next_close, track.held.is_empty()) {
+            (None, true) => pane_expiry,
+            _ => None,
+        };
+        let due = [next_close, pane_expiry, held_expiry]
+            .into_iter()
+            .flatten()
+            .min();
+        self.unindex(id, old);
+        let t = self.tenant_ix(&tenant);
+        let index = Index {
+            due: due.map(|d| (t, d)),
+            cold,
+        };
+        if let Some(at) = cold {
+            self.cold.insert((at, id));
+        }
+        if let Some(d) = due {
+            self.due.insert((t, d, id));
+        }
+        if let Some(track) = self.state.tracks.get_mut(&id) {
+            track.index = index;
+        }
+    }
+
+    /// Evaluates the window of rule `r` ending at pane `end` of `id`, and
+    /// applies it to the key's finding if the rule holds and the window
+    /// adds something.
+    fn evaluate(&mut self, r: usize, id: TrackId, end: i64) -> Option<Finding> {
+        let rule = &self.rules[r];
+        let panes = Panes::of(rule);
+        let track = self.state.tracks.get_mut(&id)?;
+        let lo = end.saturating_sub(panes.span);
+        let window: Vec<&Pane> = track.panes.range(lo, end).iter().map(|(_, p)| p).collect();
+        let holds = match &rule.kind {
+            Kind::Threshold { threshold, .. } => {
+                window.iter().map(|p| p.count as usize).sum::<usize>() >= *threshold
+            }
+            Kind::DistinctCount { threshold, .. } => {
+                let mut values: Vec<u64> = window
+                    .iter()
+                    .flat_map(|p| p.values.iter().copied())
+                    .collect();
+                values.sort_unstable();
+                values.dedup();
+                values.len() >= *threshold
+            }
+            Kind::Sequence { steps } => sequence_holds(steps, &window),
+        };
+        if !holds {
+            return None;
+        }
+        let added: u64 = window
+            .iter()
+            .map(|p| u64::from(p.weight(rule).saturating_sub(p.credited)))
+            .sum();
+        if added == 0 {
             return None; // nothing new
         }
-        let chain_key = digest(&[&rule.id, &window.tenant, &key_text(&window.key)]);
-        let existing = window.finding.clone().or_else(|| {
-            // Suppression: a recent finding for the same rule and key absorbs
-            // this window instead of a new finding being created.
-            let latest = self.state.latest.get(&chain_key)?;
-            let f = self.state.findings.get(latest)?;
-            (rule.suppress_ms > 0
-                && window.start < f.window_end.saturating_add(rule.suppress_ms)
-                && window.start >= f.window_start)
-                .then(|| latest.clone())
+        let evidence: Vec<(i64, String)> = window
+            .iter()
+            .flat_map(|p| p.evidence.iter().cloned())
+            .collect();
+        for (_, p) in track.panes.range_mut(lo, end) {
+            p.credited = p.weight(rule);
+        }
+        let (start, stop) = (panes.start(lo), panes.close(end));
+        let added = usize::try_from(added).unwrap_or(usize::MAX);
+        let suppress = rule.suppress_ms;
+        // Overlapping windows, and windows within the suppression period,
+        // fold into the key's finding.
+        let fold = track.held.iter().position(|h| {
+            start < h.finding.window_end.saturating_add(suppress)
+                && stop.saturating_add(suppress) > h.finding.window_start
         });
-        let added = count - window.contributed;
-        let (wstart, wend, tenant, key) = (
-            window.start,
-            window.end,
-            window.tenant.clone(),
-            window.key.clone(),
-        );
-        contributors.sort();
-        let finding = match existing {
-            Some(fid) => {
-                let f = self.state.findings.get_mut(&fid)?;
-                f.count += added;
-                f.window_start = f.window_start.min(wstart);
-                f.window_end = f.window_end.max(wend);
-                f.event_ids = merge_ids(&f.event_ids, &contributors);
+        let held = match fold {
+            Some(i) => {
+                let h = &mut track.held[i];
+                let f = &mut h.finding;
+                f.count = f.count.saturating_add(added);
+                f.window_start = f.window_start.min(start);
+                f.window_end = f.window_end.max(stop);
                 f.activity_id = 2;
                 f.version += 1;
-                f.clone()
+                h
             }
             None => {
-                let fid = finding_id(&rule.id, &tenant, &key, wstart);
-                let f = Finding {
-                    id: fid.clone(),
-                    rule_id: rule.id.clone(),
-                    title: rule.title.clone(),
-                    severity_id: rule.severity_id,
-                    technique: rule.technique.clone(),
-                    tenant: tenant.clone(),
-                    group_key: key,
-                    window_start: wstart,
-                    window_end: wend,
-                    count,
-                    event_ids: contributors
-                        .iter()
-                        .take(MAX_EVENT_IDS)
-                        .map(|(_, i)| i.clone())
-                        .collect(),
-                    activity_id: 1,
-                    version: 1,
-                };
-                self.state.findings.insert(fid.clone(), f.clone());
-                self.state.latest.insert(chain_key, fid);
-                f
+                track.held.push(Held {
+                    finding: Finding {
+                        id: hex(&digest(&[
+                            &rule.id,
+                            &track.tenant,
+                            &key_text_of(&rule.group_by, &track.key),
+                            &start.to_string(),
+                        ])),
+                        rule_id: rule.id.clone(),
+                        title: rule.title.clone(),
+                        severity_id: rule.severity_id,
+                        technique: rule.technique.clone(),
+                        tenant: track.tenant.to_string(),
+                        group_key: rule
+                            .group_by
+                            .iter()
+                            .cloned()
+                            .zip(track.key.iter().cloned())
+                            .collect(),
+                        window_start: start,
+                        window_end: stop,
+                        count: added,
+                        event_ids: Vec::new(),
+                        activity_id: 1,
+                        version: 1,
+                    },
+                    evidence: Vec::new(),
+                });
+                track.held.sort_by_key(|h| h.finding.window_start);
+                let at = track
+                    .held
+                    .iter()
+                    .position(|h| h.finding.window_start == start)?;
+                &mut track.held[at]
             }
         };
-        if let Some(w) = self.state.windows.get_mut(id) {
-            w.finding = Some(finding.id.clone());
-            w.contributed = count;
-        }
+        held.evidence.extend(evidence);
+        bound_evidence(&mut held.evidence);
+        held.finding.event_ids = held.evidence.iter().map(|(_, id)| id.clone()).collect();
+        let finding = held.finding.clone();
+        self.changed.insert(id);
         Some(finding)
-    }
-}
-
-fn merge_ids(existing: &[String], more: &[(i64, String)]) -> Vec<String> {
-    let mut ids: Vec<String> = existing.to_vec();
-    for (_, id) in more {
-        if ids.len() >= MAX_EVENT_IDS {
-            break;
-        }
-        if !ids.contains(id) {
-            ids.push(id.clone());
-        }
-    }
-    ids
-}
-
-/// Whether a window's events satisfy the rule: the count, and the
-/// contributing events as (time, id).
-fn outcome(rule: &Rule, window: &Window) -> Option<(usize, Vec<(i64, String)>)> {
-    let all = || {
-        window
-            .events
-            .iter()
-            .map(|(id, c)| (c.time, id.clone()))
-            .collect::<Vec<_>>()
-    };
-    match &rule.kind {
-        Kind::Threshold { threshold, .. } => {
-            (window.events.len() >= *threshold).then(|| (window.events.len(), all()))
-        }
-        Kind::DistinctCount { threshold, .. } => {
-            let distinct: std::collections::BTreeSet<&String> = window
-                .events
-                .values()
-                .filter_map(|c| c.value.as_ref())
-                .collect();
-            (distinct.len() >= *threshold).then(|| (distinct.len(), all()))
-        }
-        Kind::Sequence { steps } => {
-            let mut ordered: Vec<(i64, &String, usize)> = window
-                .events
-                .iter()
-                .map(|(id, c)| (c.time, id, c.step))
-                .collect();
-            ordered.sort();
-            let (mut current, mut count) = (0usize, 0usize);
-            let mut used = Vec::new();
-            for (time, id, step) in ordered {
-                if current + 1 < steps.len()
-                    && step == current + 1
-                    && count >= steps[current].at_least
-                {
-                    current += 1;
-                    count = 1;
-                    used.push((time, id.clone()));
-                } else if step == current {
-                    count += 1;
-                    used.push((time, id.clone()));
-                }
-            }
-            (current == steps.len() - 1 && count >= steps[current].at_least)
-                .then_some((used.len(), used))
-        }
     }
 }
 
@@ -581,21 +1149,24 @@ mod tests {
         v
     }
 
+    fn held(e: &Engine) -> BTreeMap<String, (String, usize)> {
+        e.state()
+            .findings()
+            .map(|f| {
+                (
+                    f.id.clone(),
+                    (format!("{}:{}", f.rule_id, key_text(&f.group_key)), f.count),
+                )
+            })
+            .collect()
+    }
+
     fn run(events: &[SecurityEvent]) -> BTreeMap<String, (String, usize)> {
         let mut e = engine();
         for ev in events {
             e.ingest("acme", ev);
         }
-        e.state
-            .findings
-            .iter()
-            .map(|(id, f)| {
-                (
-                    id.clone(),
-                    (format!("{}:{}", f.rule_id, key_text(&f.group_key)), f.count),
-                )
-            })
-            .collect()
+        held(&e)
     }
 
     #[test]
@@ -648,7 +1219,7 @@ mod tests {
             "acme",
             &login("f5", T0 + 5_000, "203.0.113.7", "bob", false),
         );
-        assert_eq!(e.state.late_events, 1);
+        assert_eq!(e.global().late_events, 1);
         assert_eq!(late.len(), 1);
         assert_eq!(
             (
@@ -688,16 +1259,14 @@ mod tests {
         }
         e.ingest("acme", &connection("tick", T0 + 3_000_000, "10.0.0.1", 80));
         let bf: Vec<&Finding> = e
-            .state
-            .findings
-            .values()
+            .state()
+            .findings()
             .filter(|f| f.rule_id == "brute-force")
             .collect();
         assert_eq!(bf.len(), 1);
-        assert_eq!(
-            (bf[0].count, bf[0].window_end - bf[0].window_start),
-            (15, 900_000)
-        );
+        // Three bursts 5 minutes apart, each its own window's worth.
+        assert_eq!(bf[0].count, 15);
+        assert!(bf[0].window_start <= T0 && bf[0].window_end > T0 + 604_000);
     }
 
     #[test]
@@ -705,29 +1274,30 @@ mod tests {
         let events = scenario();
         let expected = run(&events);
         for cut in [1, 7, 20, events.len() - 1] {
+            // A snapshot taken halfway and the delta since: what the
+            // service's checkpoint holds.
+            let half = cut / 2;
             let mut first = engine();
-            for ev in &events[..cut] {
+            for ev in &events[..half] {
                 first.ingest("acme", ev);
             }
-            let saved = serde_json::to_vec(&first.state).unwrap_or_default();
-            let restored: State = serde_json::from_slice(&saved).unwrap_or_default();
+            let mut restored = State::default();
+            restored.apply(first.take_delta());
+            let snapshot = postcard::to_allocvec(&restored).unwrap_or_default();
+            for ev in &events[half..cut] {
+                first.ingest("acme", ev);
+            }
+            let delta = postcard::to_allocvec(&first.take_delta()).unwrap_or_default();
+            let mut restored: State = postcard::from_bytes(&snapshot).unwrap_or_default();
+            restored.apply(postcard::from_bytes(&delta).unwrap_or_default());
+            assert_eq!(&restored, first.state(), "cut at {cut}");
             let rules = rules::parse(rules::DEFAULT_RULES).unwrap_or_default();
             let mut second = Engine::new(rules, Settings::default(), restored);
             // Redelivery after a crash: some events before the cut come again.
             for ev in &events[cut.saturating_sub(3)..] {
                 second.ingest("acme", ev);
             }
-            let got: BTreeMap<String, (String, usize)> = second
-                .state
-                .findings
-                .iter()
-                .map(|(id, f)| {
-                    (
-                        id.clone(),
-                        (format!("{}:{}", f.rule_id, key_text(&f.group_key)), f.count),
-                    )
-                })
-                .collect();
+            let got = held(&second);
             assert_eq!(got, expected, "cut at {cut}");
         }
     }
@@ -778,7 +1348,7 @@ mod tests {
             e.ingest("acme", &login("x", time, "203.0.113.7", "bob", false));
             e.ingest("acme", &login("y", i64::MIN, "203.0.113.7", "bob", false));
             e.advance(i64::MAX);
-            prop_assert_eq!(e.state.watermark, i64::MAX);
+            prop_assert_eq!(e.clock("acme").watermark, i64::MAX);
         }
 
         #[test]
@@ -787,9 +1357,10 @@ mod tests {
             let mut last = i64::MIN;
             for (i, t) in times.iter().enumerate() {
                 e.ingest("acme", &login(&format!("e{i}"), T0 + t, "203.0.113.7", "bob", false));
-                prop_assert!(e.state.watermark >= last);
-                prop_assert!(e.state.watermark <= e.state.max_event_time);
-                last = e.state.watermark;
+                let clock = e.clock("acme");
+                prop_assert!(clock.watermark >= last);
+                prop_assert!(clock.watermark <= clock.max_event_time);
+                last = clock.watermark;
             }
         }
     }

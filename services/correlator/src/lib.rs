@@ -27,7 +27,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer::PullConsumer};
+use async_nats::jetstream;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use vigil_common::config::{ConfigErrors, InvalidConfig, NatsSettings};
@@ -63,6 +63,10 @@ pub struct Config {
     /// How long (event time) closed windows stay open to late events.
     #[arg(long, env = "LATE_RETENTION_SECS", default_value_t = 3600)]
     pub late_retention_secs: i64,
+    /// At most this many keys are kept only for late events (all their
+    /// windows closed, no finding); beyond it the oldest are forgotten.
+    #[arg(long, env = "MAX_LATE_KEYS", default_value_t = 1_000_000)]
+    pub max_late_keys: usize,
     /// With no events for this long, event time advances with wall time.
     #[arg(long, env = "IDLE_TIMEOUT_MS", default_value_t = 10_000)]
     pub idle_timeout_ms: u64,
@@ -125,6 +129,7 @@ impl ServiceConfig for Config {
                 settings: engine::Settings {
                     allowed_lateness_ms: self.allowed_lateness_ms,
                     late_retention_ms: self.late_retention_secs.saturating_mul(1000),
+                    max_late_keys: self.max_late_keys,
                 },
                 idle_timeout: Duration::from_millis(self.idle_timeout_ms),
                 metrics_listen: self.metrics_listen,
@@ -139,12 +144,12 @@ impl ServiceConfig for Config {
 /// bound, not yet consuming.
 pub struct Correlator {
     worker: service::Worker,
-    consumer: PullConsumer,
     nats: async_nats::Client,
-    batching: Batching,
     metrics_listener: TcpListener,
     /// Stops the bucket probe once the correlator has stopped.
     probes: CancellationToken,
+    /// Stops the consumer's pull task.
+    shutdown: CancellationToken,
 }
 
 impl Service for Correlator {
@@ -164,13 +169,6 @@ impl Service for Correlator {
             vigil_common::nats::connect_ready(&loaded.nats, "vigil-correlator", readiness).await?;
         let js = jetstream::new(nats.clone());
         let name = subjects::correlator_consumer(loaded.partition);
-        let consumer: PullConsumer = js
-            .get_consumer_from_stream(&name, subjects::EVENTS_STREAM)
-            .await
-            .map_err(|e| CorrelatorError::Setup {
-                what: format!("consumer {name} on EVENTS"),
-                reason: e.to_string(),
-            })?;
         let bucket = js
             .get_key_value(subjects::CORRELATOR_BUCKET)
             .await
@@ -179,16 +177,33 @@ impl Service for Correlator {
                 reason: e.to_string(),
             })?;
         let key = subjects::correlator_checkpoint_key(loaded.partition);
-        let state = checkpoint::read(&bucket, &key).await.map_err(|reason| {
-            CorrelatorError::Checkpoint {
+        let (checkpoint, restored) = checkpoint::Checkpoint::open(bucket.clone(), &key)
+            .await
+            .map_err(|reason| CorrelatorError::Checkpoint {
                 key: key.clone(),
                 reason,
+            })?;
+        let shutdown = CancellationToken::new();
+        let (source, acked) =
+            service::Source::open(js.clone(), name.clone(), loaded.batching, shutdown.clone())
+                .await;
+        let (state, position) = match (restored, acked) {
+            (Some(r), _) => (r.state, r.position),
+            // No checkpoint yet: start where the consumer's acks stand.
+            (None, Some(acked)) => (engine::State::default(), acked),
+            (None, None) => {
+                return Err(CorrelatorError::Setup {
+                    what: format!("consumer {name} on EVENTS"),
+                    reason: "it does not exist and there is no checkpoint".into(),
+                });
             }
-        })?;
+        };
         tracing::info!(
             partition = loaded.partition,
             partitions = loaded.partitions,
-            watermark = state.watermark,
+            position,
+            watermark = state.global.min_watermark(),
+            live_keys = state.live_keys(),
             rules = loaded.rules.len(),
             "restored checkpoint"
         );
@@ -216,18 +231,20 @@ impl Service for Correlator {
                 settings: loaded.settings,
                 idle_timeout: loaded.idle_timeout,
                 js,
-                bucket,
-                key,
+                source,
+                checkpoint,
+                position,
+                next_delivery: 1,
                 engine,
                 counters: Arc::new(metrics::Counters::default()),
                 bucket_ready,
-                last_arrival: Instant::now(),
+                last_arrival: std::collections::HashMap::new(),
+                started: Instant::now(),
             },
-            consumer,
             nats,
-            batching: loaded.batching,
             metrics_listener,
             probes,
+            shutdown,
         })
     }
 
@@ -241,11 +258,10 @@ impl Service for Correlator {
     async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), CorrelatorError> {
         let Correlator {
             worker,
-            consumer,
             nats,
-            batching,
             metrics_listener,
             probes,
+            shutdown: pulling,
         } = self;
         let counters = worker.counters.clone();
         let metrics_task = tokio::spawn(vigil_common::metrics::serve(
@@ -253,8 +269,8 @@ impl Service for Correlator {
             shutdown.clone(),
             move || counters.render(),
         ));
-        let batches = vigil_common::consume::pull(consumer, batching, shutdown.clone());
-        let outcome = worker.run(batches, shutdown.clone()).await;
+        let outcome = worker.run(shutdown.clone()).await;
+        pulling.cancel();
         // An unreadable checkpoint stops the loop but not the signal: stop
         // the pieces that watch it too.
         shutdown.cancel();

@@ -9,6 +9,7 @@
 //! severity = "high"
 //! technique = "T1110"           # MITRE ATT&CK
 //! window = "5m"                 # event-time window
+//! hop = "30s"                   # optional: how often the window slides
 //! group_by = ["src_endpoint.ip"]
 //! threshold = 5
 //! suppress = "30m"              # optional: merge repeats into one finding
@@ -18,6 +19,11 @@
 //! A `sequence` rule has `steps = [{ match = {...}, at_least = 5 }, { match = {...} }]`
 //! instead of `match`/`threshold`; a `distinct_count` rule adds
 //! `distinct = "dst_endpoint.port"`.
+//!
+//! Windows slide by `hop` (it must divide `window`; by default a tenth of
+//! it when that is a whole number of milliseconds, else the whole window):
+//! every pattern whose events all fall within `window` of each other is
+//! found wherever it lies in time (see [`crate::engine`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -26,6 +32,10 @@ use serde::Deserialize;
 use vigil_proto::event::v1::SecurityEvent;
 
 use crate::fields;
+
+/// The largest `threshold` or `at_least` a rule may ask for: the engine
+/// keeps up to that many event marks per key and time slice.
+pub const MAX_COUNT: i64 = 1000;
 
 /// A field test: every listed field must equal its value.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -66,6 +76,8 @@ pub struct Rule {
     pub severity_id: i32,
     pub technique: String,
     pub window_ms: i64,
+    /// How far the window slides; divides `window_ms`.
+    pub hop_ms: i64,
     pub suppress_ms: i64,
     pub group_by: Vec<String>,
     pub kind: Kind,
@@ -114,6 +126,7 @@ struct RawRule {
     severity: Option<String>,
     technique: Option<String>,
     window: Option<String>,
+    hop: Option<String>,
     suppress: Option<String>,
     #[serde(default)]
     group_by: Vec<String>,
@@ -224,6 +237,18 @@ pub fn parse(text: &str) -> Result<Vec<Rule>, RuleError> {
                 parse_duration_ms(w)
                     .ok_or_else(|| err("window", format!("{w:?} is not a duration like 5m")))
             })?;
+        let hop_ms = match raw.hop.as_deref() {
+            None if window_ms % 10 == 0 => window_ms / 10,
+            None => window_ms,
+            Some(h) => parse_duration_ms(h)
+                .filter(|h| window_ms % h == 0)
+                .ok_or_else(|| {
+                    err(
+                        "hop",
+                        format!("{h:?} is not a duration that divides the window"),
+                    )
+                })?,
+        };
         let suppress_ms = match raw.suppress.as_deref() {
             None => 0,
             Some(s) => parse_duration_ms(s)
@@ -259,8 +284,8 @@ pub fn parse(text: &str) -> Result<Vec<Rule>, RuleError> {
         };
         let threshold = |raw: &RawRule| -> Result<usize, RuleError> {
             match raw.threshold {
-                Some(n) if n >= 1 => Ok(n as usize),
-                Some(n) => Err(err("threshold", format!("{n} must be at least 1"))),
+                Some(n) if (1..=MAX_COUNT).contains(&n) => Ok(n as usize),
+                Some(n) => Err(err("threshold", format!("{n} must be 1 to {MAX_COUNT}"))),
                 None => Err(err("threshold", "required".into())),
             }
         };
@@ -305,11 +330,11 @@ pub fn parse(text: &str) -> Result<Vec<Rule>, RuleError> {
                 for (n, s) in raw_steps.iter().enumerate() {
                     let at_least = match s.at_least {
                         None => 1,
-                        Some(k) if k >= 1 => k as usize,
+                        Some(k) if (1..=MAX_COUNT).contains(&k) => k as usize,
                         Some(k) => {
                             return Err(err(
                                 &format!("steps[{n}].at_least"),
-                                format!("{k} must be at least 1"),
+                                format!("{k} must be 1 to {MAX_COUNT}"),
                             ));
                         }
                     };
@@ -334,6 +359,7 @@ pub fn parse(text: &str) -> Result<Vec<Rule>, RuleError> {
             severity_id,
             technique,
             window_ms,
+            hop_ms,
             suppress_ms,
             group_by: raw.group_by.clone(),
             kind,

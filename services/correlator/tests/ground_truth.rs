@@ -16,12 +16,17 @@ fn found(events: &Events) -> BTreeSet<(String, String, String, usize)> {
         Settings::default(),
         State::default(),
     );
+    // The newest version of every finding emitted.
+    let mut emitted = std::collections::BTreeMap::new();
     for (tenant, _, event) in events {
-        engine.ingest(tenant, event);
+        for f in engine.ingest(tenant, event) {
+            emitted.insert(f.id.clone(), f);
+        }
     }
-    engine
-        .state
-        .findings
+    for f in engine.advance(i64::MAX) {
+        emitted.insert(f.id.clone(), f);
+    }
+    emitted
         .values()
         .map(|f| {
             (
