@@ -163,6 +163,17 @@ pub struct Report {
     /// Seconds the query phase's bulk load took (0 without one).
     pub query_load_seconds: f64,
     pub queries: Vec<QueryFigure>,
+    /// With `--correlator`.
+    pub correlator: Option<CorrelatorFigures>,
+}
+
+/// How the correlator kept up beside the writer.
+#[derive(Debug, Clone, Serialize)]
+pub struct CorrelatorFigures {
+    /// EVENTS messages not yet absorbed (pending + unacked) when the load ended.
+    pub pending_at_load_end: u64,
+    /// Seconds after the load until it had absorbed everything.
+    pub caught_up_seconds: f64,
 }
 
 /// The report as a table a person reads.
@@ -182,6 +193,12 @@ impl std::fmt::Display for Report {
             "committed {} rows: {:.0} rows/s sustained (first to last commit); drained {:.1} s after the load",
             self.committed_rows, self.committed_per_sec, self.drain_seconds
         ));
+        if let Some(c) = &self.correlator {
+            line(format!(
+                "correlator: {} messages behind when the load ended; caught up {:.1} s after it",
+                c.pending_at_load_end, c.caught_up_seconds
+            ));
+        }
         line(format!(
             "ack latency ms: p50 {:.2} p99 {:.2} p99.9 {:.2}",
             self.ack_latency_ms.p50, self.ack_latency_ms.p99, self.ack_latency_ms.p999
@@ -354,6 +371,24 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<Report> {
     let drain_started = Instant::now();
     let admin = vigil_common::nats::connect(&stack.nats.settings("admin"), "bench-admin").await?;
     let js = async_nats::jetstream::new(admin);
+    let pending_at_load_end = if options.correlator {
+        let c: Result<async_nats::jetstream::consumer::PullConsumer, _> = js
+            .get_consumer_from_stream(
+                vigil_common::subjects::correlator_consumer(0),
+                vigil_common::subjects::EVENTS_STREAM,
+            )
+            .await;
+        match c {
+            Ok(mut c) => c
+                .info()
+                .await
+                .ok()
+                .map(|i| (i.num_pending + i.num_ack_pending as u64, 0u64)),
+            Err(_) => None,
+        }
+    } else {
+        None
+    };
     let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
         .get_consumer_from_stream(
             vigil_common::subjects::WRITER_CONSUMER,
@@ -378,6 +413,37 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<Report> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let drain_seconds = drain_started.elapsed().as_secs_f64();
+    // The correlator beside it: how far behind it was when the load ended,
+    // and when it had absorbed everything.
+    let mut correlator = None;
+    if options.correlator {
+        let name = vigil_common::subjects::correlator_consumer(0);
+        let info = |js: async_nats::jetstream::Context| {
+            let name = name.clone();
+            async move {
+                let mut c: async_nats::jetstream::consumer::PullConsumer = js
+                    .get_consumer_from_stream(&name, vigil_common::subjects::EVENTS_STREAM)
+                    .await?;
+                let i = c.info().await?;
+                anyhow::Ok((i.num_pending, i.num_ack_pending as u64))
+            }
+        };
+        let (pending_at_end, _) = pending_at_load_end.unwrap_or_default();
+        loop {
+            let (pending, unacked) = info(js.clone()).await.unwrap_or((u64::MAX, 0));
+            if pending == 0 && unacked == 0 {
+                break;
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!("the correlator did not catch up: {pending} pending");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        correlator = Some(CorrelatorFigures {
+            pending_at_load_end: pending_at_end,
+            caught_up_seconds: drain_started.elapsed().as_secs_f64(),
+        });
+    }
     sampling.cancel();
     let postgres_peak_kib = postgres_peak.await.unwrap_or(0);
 
@@ -516,6 +582,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<Report> {
         exactly_once,
         query_load_seconds,
         queries,
+        correlator,
     })
 }
 

@@ -44,7 +44,11 @@ async fn run_scenario(mesh: &Mesh) -> anyhow::Result<()> {
         client.publish(PublishRequest { events: again }).await?;
     }
     let expected = scenario.expected();
-    assert_eq!(expected.len(), 9, "3 tenants x 3 attacks");
+    assert_eq!(
+        expected.len(),
+        18,
+        "3 tenants x 3 attacks, inside a window and across a boundary"
+    );
 
     let mut analyst = mesh.analyst().await?;
     let found = || {
@@ -74,7 +78,7 @@ async fn run_scenario(mesh: &Mesh) -> anyhow::Result<()> {
                 .collect::<BTreeSet<_>>()
         }
     };
-    wait_until(Duration::from_secs(60), "the 9 findings", || async {
+    wait_until(Duration::from_secs(60), "the 18 findings", || async {
         found().await.len() >= expected.len()
     })
     .await?;
@@ -120,8 +124,8 @@ async fn run_scenario(mesh: &Mesh) -> anyhow::Result<()> {
         }
         token = page.next_page_token;
     }
-    assert_eq!(paged.len(), 9);
-    assert_eq!(paged.iter().collect::<BTreeSet<_>>().len(), 9);
+    assert_eq!(paged.len(), 18);
+    assert_eq!(paged.iter().collect::<BTreeSet<_>>().len(), 18);
 
     // A finding carries its evidence.
     let first = analyst
@@ -177,7 +181,7 @@ async fn two_correlators_split_the_tenants_without_missing_or_doubling() -> anyh
         sqlx::query_as("SELECT count(*), count(DISTINCT uid) FROM findings")
             .fetch_one(&mesh.pool)
             .await?;
-    assert_eq!((rows, distinct), (9, 9));
+    assert_eq!((rows, distinct), (18, 18));
     mesh.stop().await;
     Ok(())
 }

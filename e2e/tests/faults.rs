@@ -305,7 +305,7 @@ async fn correlator_killed_mid_stream_emits_what_an_uninterrupted_run_would() ->
     .await?;
 
     let expected = uninterrupted_findings(&stack.pool).await?;
-    assert_eq!(expected.len(), 9);
+    assert_eq!(expected.len(), 18);
     let stored = || async {
         sqlx::query_as::<_, (String, i32)>("SELECT uid, count FROM findings")
             .fetch_all(&stack.pool)

@@ -1,7 +1,9 @@
 //! Attack scenarios with ground truth: background traffic that never trips
 //! a rule, the three attacks the default rules must find (brute force,
-//! credential compromise, port scan), and near-misses they must not (4
-//! failures, 19 ports, a success before the failures). Used by
+//! credential compromise, port scan) twice per tenant (once inside a
+//! window, once straddling a window boundary), and near-misses they must
+//! not (4 failures, also across a boundary; 19 ports; a success before the
+//! failures). Used by
 //! `device-sim scenario` and by the correlator's tests.
 
 use rand::{Rng, SeedableRng};
@@ -147,6 +149,41 @@ pub fn generate(
                 1_000 + p,
             ));
         }
+        // The same three attacks again, each straddling a boundary of its
+        // rule's window (5 minutes, 10 minutes, 1 minute past `base`): a
+        // detector with fixed windows would miss every one.
+        let bf_across = format!("203.0.113.{}", 30 + n);
+        for i in 0..6 {
+            push(login(
+                base + 297_000 + i * 1_500,
+                &format!("across{i}"),
+                &bf_across,
+                false,
+            ));
+        }
+        let victim_across = format!("victim-across{n}");
+        for i in 0..5 {
+            push(login(
+                base + 596_000 + i * 1_000,
+                &victim_across,
+                &format!("198.51.100.{}", 120 + i + 10 * i64::from(n)),
+                false,
+            ));
+        }
+        push(login(
+            base + 601_000,
+            &victim_across,
+            "198.51.100.199",
+            true,
+        ));
+        let scan_across = format!("203.0.113.{}", 130 + n);
+        for p in 0..25 {
+            push(connection(
+                base + 50_000 + i64::from(p) * 500,
+                &scan_across,
+                3_000 + p,
+            ));
+        }
         // Near-misses.
         let nm_ip = format!("203.0.113.{}", 200 + n);
         for i in 0..4 {
@@ -163,6 +200,16 @@ pub fn generate(
                 base + 200_000 + i64::from(p) * 1_000,
                 &nm_scan,
                 2_000 + p,
+            ));
+        }
+        // A near-miss across a boundary too: 4 failures around base + 5 min.
+        let nm_across = format!("203.0.113.{}", 240 + n);
+        for i in 0..4 {
+            push(login(
+                base + 298_000 + i * 1_000,
+                &format!("typo-across{i}"),
+                &nm_across,
+                false,
             ));
         }
         let early = format!("early{n}");
@@ -234,6 +281,34 @@ pub fn generate(
             &scan_ip,
             true,
             "25 ports from one source",
+        ));
+        s.truth.push(truth(
+            "brute-force",
+            "src_endpoint.ip",
+            &bf_across,
+            true,
+            "6 failed logins from one source, across a window boundary",
+        ));
+        s.truth.push(truth(
+            "credential-compromise",
+            "user.name",
+            &victim_across,
+            true,
+            "5 failures then a success, across a window boundary",
+        ));
+        s.truth.push(truth(
+            "port-scan",
+            "src_endpoint.ip",
+            &scan_across,
+            true,
+            "25 ports from one source, across a window boundary",
+        ));
+        s.truth.push(truth(
+            "brute-force",
+            "src_endpoint.ip",
+            &nm_across,
+            false,
+            "near-miss: 4 failed logins across a window boundary",
         ));
         s.truth.push(truth(
             "brute-force",

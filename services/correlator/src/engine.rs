@@ -88,7 +88,7 @@ impl Default for Settings {
         Self {
             allowed_lateness_ms: 30_000,
             late_retention_ms: 3_600_000,
-            max_late_keys: 1_000_000,
+            max_late_keys: 500_000,
         }
     }
 }
@@ -167,12 +167,17 @@ fn insert_bounded<T: Ord>(v: &mut Vec<T>, x: T, keep: usize, smallest: bool) -> 
     }
 }
 
-/// Keeps `v` sorted, holding the `ends` smallest and `ends` largest items
-/// seen (all of them while there are at most 2 × `ends`).
-fn keep_ends<T: Ord>(v: &mut Vec<T>, x: T, ends: usize) {
-    let Err(pos) = v.binary_search(&x) else {
+/// Keeps `v` sorted, holding the `ends` smallest and `ends` largest
+/// (time, id) seen (all of them while there are at most 2 × `ends`); the
+/// id is copied only if kept.
+fn keep_ends(v: &mut Vec<(i64, String)>, (time, id): (i64, &str), ends: usize) {
+    let Err(pos) = v.binary_search_by(|(t, i)| (*t, i.as_str()).cmp(&(time, id))) else {
         return;
     };
+    if v.len() >= 2 * ends && pos == ends {
+        return; // the unkept middle
+    }
+    let x = (time, id.to_owned());
     if v.len() < 2 * ends {
         insert_at(v, pos, x);
     } else if pos < ends {
@@ -254,7 +259,7 @@ impl Pane {
             Err(_) => {}
         }
         self.count = self.count.saturating_add(1);
-        keep_ends(&mut self.evidence, (time, id.to_owned()), PANE_EVIDENCE);
+        keep_ends(&mut self.evidence, (time, id), PANE_EVIDENCE);
         match &rule.kind {
             Kind::DistinctCount { threshold, .. } => {
                 if let Some(v) = value
@@ -478,8 +483,26 @@ pub fn finding_id(rule: &str, tenant: &str, key: &[(String, String)], start: i64
     hex(&digest(&[rule, tenant, &key_text(key), &start.to_string()]))
 }
 
-fn track_id(rule: &str, tenant: &str, fields: &[String], values: &[String]) -> TrackId {
-    u128::from_be_bytes(digest(&[rule, tenant, &key_text_of(fields, values)]))
+/// The digest of (rule, tenant, `key_text`) fed piecewise, without
+/// building the text.
+fn track_id(rule: &str, tenant: &str, fields: &[String], values: &[fields::Value]) -> TrackId {
+    let mut h = Sha256::new();
+    for p in [rule, tenant] {
+        h.update(p.as_bytes());
+        h.update([0]);
+    }
+    for (i, (k, v)) in fields.iter().zip(values).enumerate() {
+        if i > 0 {
+            h.update(b",");
+        }
+        h.update(k.as_bytes());
+        h.update(b"=");
+        v.with_text(|t| h.update(t.as_bytes()));
+    }
+    h.update([0]);
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&h.finalize()[..16]);
+    u128::from_be_bytes(out)
 }
 
 /// Pane arithmetic of one rule.
@@ -694,14 +717,14 @@ impl Engine {
             let Some(key) = rule
                 .group_by
                 .iter()
-                .map(|f| fields::value(event, f))
+                .map(|f| fields::get(event, f))
                 .collect::<Option<Vec<_>>>()
             else {
                 continue;
             };
             let value = match &rule.kind {
-                Kind::DistinctCount { field, .. } => match fields::value(event, field) {
-                    Some(v) => Some(fnv1a(&v)),
+                Kind::DistinctCount { field, .. } => match fields::get(event, field) {
+                    Some(v) => Some(v.with_text(fnv1a)),
                     None => continue,
                 },
                 _ => None,
@@ -711,6 +734,7 @@ impl Engine {
             let watermark = self.clock(tenant).watermark;
             let late = panes.close(pane) <= watermark;
             let id = track_id(&rule.id, tenant, &rule.group_by, &key);
+
             let keep_until = panes
                 .last_close(pane)
                 .saturating_add(self.settings.late_retention_ms);
@@ -724,7 +748,7 @@ impl Engine {
                 let track = Track {
                     rule: self.rule_names[r].clone(),
                     tenant: self.tenant_names[ix].clone(),
-                    key: key.into_boxed_slice(),
+                    key: key.iter().map(|v| v.to_string()).collect(),
                     index: Index::default(),
                     panes: PaneMap::default(),
                     evaluated: i64::MIN,
@@ -1200,6 +1224,184 @@ mod tests {
             shuffled.extend(tick.iter().cloned());
             assert_eq!(run(&shuffled), expected);
         }
+    }
+
+    fn findings_of(e: &Engine) -> Vec<(String, String, usize)> {
+        let mut v: Vec<_> = e
+            .state()
+            .findings()
+            .map(|f| (f.rule_id.clone(), key_text(&f.group_key), f.count))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn patterns_across_a_window_boundary_are_found() {
+        let mut e = engine();
+        // Brute force: 3 failures before a 5-minute boundary, 2 after.
+        for (i, t) in [296_000, 297_000, 298_000, 301_000, 302_000]
+            .iter()
+            .enumerate()
+        {
+            e.ingest(
+                "acme",
+                &login(&format!("bf{i}"), T0 + t, "203.0.113.7", "u", false),
+            );
+        }
+        // Credential compromise: failures before a 10-minute boundary, the
+        // success after it.
+        for i in 0..5 {
+            e.ingest(
+                "acme",
+                &login(
+                    &format!("cc{i}"),
+                    T0 + 595_000 + i * 1000,
+                    &format!("198.51.100.{i}"),
+                    "eve",
+                    false,
+                ),
+            );
+        }
+        e.ingest(
+            "acme",
+            &login("cc-ok", T0 + 601_000, "198.51.100.99", "eve", true),
+        );
+        // Port scan: 10 ports before a minute boundary, 10 after.
+        for p in 0..20 {
+            e.ingest(
+                "acme",
+                &connection(
+                    &format!("ps{p}"),
+                    T0 + 55_000 + i64::from(p) * 500,
+                    "203.0.113.9",
+                    1000 + p,
+                ),
+            );
+        }
+        e.ingest("acme", &connection("tick", T0 + 3_000_000, "10.0.0.1", 80));
+        assert_eq!(
+            findings_of(&e),
+            vec![
+                (
+                    "brute-force".to_owned(),
+                    "src_endpoint.ip=203.0.113.7".to_owned(),
+                    5
+                ),
+                (
+                    "credential-compromise".to_owned(),
+                    "user.name=eve".to_owned(),
+                    6
+                ),
+                (
+                    "port-scan".to_owned(),
+                    "src_endpoint.ip=203.0.113.9".to_owned(),
+                    20
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_pattern_spread_wider_than_its_window_is_not_found() {
+        let mut e = engine();
+        // Five failures 105 s apart: any 5 minutes hold at most three, any
+        // 5.5 minutes (window plus hop) at most four.
+        for i in 0..5 {
+            e.ingest(
+                "acme",
+                &login(
+                    &format!("f{i}"),
+                    T0 + i * 105_000,
+                    "203.0.113.7",
+                    "u",
+                    false,
+                ),
+            );
+        }
+        // 19 distinct ports in one minute, the twentieth 2 minutes later.
+        for p in 0..19 {
+            e.ingest(
+                "acme",
+                &connection(
+                    &format!("p{p}"),
+                    T0 + i64::from(p) * 1000,
+                    "203.0.113.9",
+                    1000 + p,
+                ),
+            );
+        }
+        e.ingest(
+            "acme",
+            &connection("p19", T0 + 140_000, "203.0.113.9", 2000),
+        );
+        e.ingest("acme", &connection("tick", T0 + 3_000_000, "10.0.0.1", 80));
+        assert_eq!(findings_of(&e), vec![]);
+    }
+
+    #[test]
+    fn one_attack_seen_by_overlapping_windows_is_one_finding() {
+        let mut rules = rules::parse(rules::DEFAULT_RULES).unwrap_or_default();
+        for r in &mut rules {
+            r.suppress_ms = 0; // overlap alone must fold
+        }
+        let mut e = Engine::new(rules, Settings::default(), State::default());
+        let mut emitted = BTreeMap::new();
+        for i in 0..12 {
+            for f in e.ingest(
+                "acme",
+                &login(&format!("f{i}"), T0 + i * 20_000, "203.0.113.7", "u", false),
+            ) {
+                emitted.insert(f.id.clone(), f.count);
+            }
+        }
+        for f in e.ingest("acme", &connection("tick", T0 + 3_000_000, "10.0.0.1", 80)) {
+            emitted.insert(f.id.clone(), f.count);
+        }
+        let bf: Vec<(String, usize)> = findings_of(&e)
+            .into_iter()
+            .filter(|f| f.0 == "brute-force")
+            .map(|f| (f.1, f.2))
+            .collect();
+        assert_eq!(bf, vec![("src_endpoint.ip=203.0.113.7".to_owned(), 12)]);
+    }
+
+    #[test]
+    fn keys_kept_only_for_late_events_are_capped() {
+        let rules = rules::parse(rules::DEFAULT_RULES).unwrap_or_default();
+        let settings = Settings {
+            max_late_keys: 100,
+            ..Settings::default()
+        };
+        let mut e = Engine::new(rules, settings, State::default());
+        // 1,000 sources with one failure each, a second apart: every key
+        // has one event and no finding; once its windows close it waits
+        // only for late events.
+        for i in 0..1000 {
+            e.ingest(
+                "acme",
+                &login(
+                    &format!("e{i}"),
+                    T0 + i * 1000,
+                    &format!("10.0.{}.{}", i / 250, i % 250),
+                    "u",
+                    false,
+                ),
+            );
+        }
+        let closed = e.global().evicted_keys;
+        assert!(closed > 0);
+        // Keys with open windows (about the last 6 minutes) plus at most 100.
+        assert!(
+            e.state().live_keys() <= 100 + 2 * 360,
+            "{}",
+            e.state().live_keys()
+        );
+        // A late event for an evicted key starts it afresh (what it had
+        // counted is gone, which `evicted_keys` reports): counted as late.
+        let late = e.global().late_events;
+        e.ingest("acme", &login("late", T0, "10.0.0.0", "u", false));
+        assert_eq!(e.global().late_events, late + 1);
     }
 
     #[test]

@@ -46,13 +46,52 @@ pub fn is_known(path: &str) -> bool {
             .is_some_and(|k| !k.is_empty())
 }
 
+/// A field's value as read from an event, borrowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Value<'a> {
+    Text(&'a str),
+    Number(i64),
+}
+
+impl Value<'_> {
+    /// Whether it equals a rule's value (written as text).
+    pub fn equals(self, want: &str) -> bool {
+        match self {
+            Value::Text(s) => s == want,
+            Value::Number(n) => want.parse::<i64>() == Ok(n),
+        }
+    }
+
+    /// Feeds its text to `f` without allocating for text values.
+    pub fn with_text<R>(self, f: impl FnOnce(&str) -> R) -> R {
+        match self {
+            Value::Text(s) => f(s),
+            Value::Number(n) => f(&n.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for Value<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Value::Text(s) => f.write_str(s),
+            Value::Number(n) => write!(f, "{n}"),
+        }
+    }
+}
+
 /// The value of `path` in `event` as text, or `None` when it is absent or
 /// empty (an absent field never matches and never forms a group key).
 pub fn value(event: &SecurityEvent, path: &str) -> Option<String> {
-    let text = |s: &str| (!s.is_empty()).then(|| s.to_owned());
-    let number = |n: i64| Some(n.to_string());
-    let port = |p: i32| (p > 0).then(|| p.to_string());
-    let user = |u: Option<&User>, field: &str| {
+    get(event, path).map(|v| v.to_string())
+}
+
+/// The value of `path` in `event`, borrowed (see [`value`]).
+pub fn get<'a>(event: &'a SecurityEvent, path: &str) -> Option<Value<'a>> {
+    let text = |s: &'a str| (!s.is_empty()).then_some(Value::Text(s));
+    let number = |n: i64| Some(Value::Number(n));
+    let port = |p: i32| (p > 0).then_some(Value::Number(p.into()));
+    let user = |u: Option<&'a User>, field: &str| {
         let u = u?;
         text(match field {
             "name" => &u.name,
@@ -60,7 +99,7 @@ pub fn value(event: &SecurityEvent, path: &str) -> Option<String> {
             _ => &u.domain,
         })
     };
-    let endpoint = |e: Option<&NetworkEndpoint>, field: &str| {
+    let endpoint = |e: Option<&'a NetworkEndpoint>, field: &str| {
         let e = e?;
         match field {
             "ip" => text(&e.ip),
@@ -103,7 +142,7 @@ pub fn value(event: &SecurityEvent, path: &str) -> Option<String> {
         other => other
             .strip_prefix("unmapped.")
             .and_then(|k| event.unmapped.get(k))
-            .and_then(|v| text(v)),
+            .and_then(|v| text(v.as_str())),
     }
 }
 

@@ -65,7 +65,7 @@ pub struct Config {
     pub late_retention_secs: i64,
     /// At most this many keys are kept only for late events (all their
     /// windows closed, no finding); beyond it the oldest are forgotten.
-    #[arg(long, env = "MAX_LATE_KEYS", default_value_t = 1_000_000)]
+    #[arg(long, env = "MAX_LATE_KEYS", default_value_t = 500_000)]
     pub max_late_keys: usize,
     /// With no events for this long, event time advances with wall time.
     #[arg(long, env = "IDLE_TIMEOUT_MS", default_value_t = 10_000)]

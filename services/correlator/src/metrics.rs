@@ -9,6 +9,7 @@ pub struct Counters {
     pub findings: AtomicU64,
     pub late_events: AtomicU64,
     pub dropped_late_events: AtomicU64,
+    pub evicted_keys: AtomicU64,
     pub undecodable: AtomicU64,
     pub watermark_ms: AtomicI64,
     pub rule_reloads: AtomicU64,
@@ -57,6 +58,12 @@ impl Counters {
                 help: "Late events whose window was already forgotten.",
                 kind: "counter",
                 value: n(&self.dropped_late_events),
+            },
+            Sample {
+                name: "vigil_correlator_evicted_keys_total",
+                help: "Keys forgotten before their retention to stay within max_late_keys.",
+                kind: "counter",
+                value: n(&self.evicted_keys),
             },
             Sample {
                 name: "vigil_correlator_undecodable_messages_total",

@@ -45,7 +45,7 @@ impl Matcher {
     pub fn matches(&self, event: &SecurityEvent) -> bool {
         self.0
             .iter()
-            .all(|(path, want)| fields::value(event, path).as_deref() == Some(want.as_str()))
+            .all(|(path, want)| fields::get(event, path).is_some_and(|v| v.equals(want)))
     }
 }
 

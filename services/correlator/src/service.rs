@@ -452,6 +452,7 @@ impl Worker {
         c.late_events.store(global.late_events, Ordering::Relaxed);
         c.dropped_late_events
             .store(global.dropped_late_events, Ordering::Relaxed);
+        c.evicted_keys.store(global.evicted_keys, Ordering::Relaxed);
         c.watermark_ms
             .store(global.min_watermark(), Ordering::Relaxed);
         c.live_keys

@@ -59,7 +59,7 @@ fn scenario_findings_equal_the_ground_truth() {
     assert_eq!(keys, scenario.expected());
     assert_eq!(
         scenario.truth.iter().filter(|t| !t.expect_finding).count(),
-        6
+        8
     );
 
     // Shuffled within the 30 s lateness (inside 20 s buckets of event
