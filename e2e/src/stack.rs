@@ -129,6 +129,32 @@ impl Service {
         .with_context(|| format!("see {}", self.log.display()))
     }
 
+    /// Another instance of this service (not started): the same binary and
+    /// settings with `overrides`, its own health and metrics ports and log.
+    pub fn another(&self, suffix: &str, overrides: &[(&str, String)]) -> anyhow::Result<Service> {
+        let mut env = self.env.clone();
+        let ready_port = free_port()?;
+        for (key, value) in &mut env {
+            if key.ends_with("_HEALTH_LISTEN") {
+                *value = format!("127.0.0.1:{ready_port}");
+            } else if key.ends_with("_METRICS_LISTEN") {
+                *value = format!("127.0.0.1:{}", free_port()?);
+            }
+        }
+        for (key, value) in overrides {
+            env.retain(|(k, _)| k != key);
+            env.push(((*key).to_owned(), value.clone()));
+        }
+        Ok(Service {
+            name: self.name,
+            binary: self.binary.clone(),
+            env,
+            ready_port,
+            log: self.log.with_extension(format!("{suffix}.log")),
+            child: None,
+        })
+    }
+
     /// SIGKILL: no drain, no goodbye.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {

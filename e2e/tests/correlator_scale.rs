@@ -214,3 +214,168 @@ async fn attacks_in_200k_events_are_found_once_through_kill9_of_correlator_and_n
     );
     Ok(())
 }
+
+/// Deliveries to `consumer` on EVENTS, and what it still has to deliver.
+async fn deliveries(
+    js: &async_nats::jetstream::Context,
+    consumer: &str,
+) -> anyhow::Result<(u64, u64)> {
+    let mut c: async_nats::jetstream::consumer::PullConsumer = js
+        .get_consumer_from_stream(consumer, vigil_common::subjects::EVENTS_STREAM)
+        .await?;
+    let info = c.info().await?;
+    Ok((
+        info.delivered.consumer_sequence,
+        info.num_pending + info.num_ack_pending as u64,
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn from_one_partition_to_two_each_reads_its_share_and_the_findings_stay_the_same()
+-> anyhow::Result<()> {
+    let mut stack = Stack::start(MeshOptions::default()).await?;
+    let admin = vigil_common::nats::connect(&stack.nats.settings("admin"), "test-admin").await?;
+    let js = async_nats::jetstream::new(admin);
+    let devices: Vec<(String, String)> = TENANTS
+        .iter()
+        .map(|(t, d)| ((*t).to_owned(), (*d).to_owned()))
+        .collect();
+    let end = vigil_common::now_millis() - 1_000;
+    let scenario = vigil_client::scenario::generate(&devices, end - 30 * 60_000, end, 3_000, 8);
+    let middle = end - 15 * 60_000;
+    let sent = Arc::new(AtomicUsize::new(0));
+    let phase = |early: bool| -> Vec<(String, String, Vec<SecurityEvent>)> {
+        devices
+            .iter()
+            .map(|(tenant, device)| {
+                let events = scenario
+                    .events
+                    .iter()
+                    .filter(|(t, _, e)| t == tenant && (e.time < middle) == early)
+                    .map(|(_, _, e)| e.clone())
+                    .collect();
+                (tenant.clone(), device.clone(), events)
+            })
+            .collect()
+    };
+    let (url, pki) = (stack.gateway_url(), stack.pki.clone());
+    let send_all = |events: Vec<(String, String, Vec<SecurityEvent>)>| {
+        let (url, pki, sent) = (url.clone(), pki.clone(), sent.clone());
+        async move {
+            for (tenant, device, events) in events {
+                send(
+                    url.clone(),
+                    pki.clone(),
+                    tenant,
+                    device,
+                    events,
+                    sent.clone(),
+                )
+                .await?;
+            }
+            anyhow::Ok(())
+        }
+    };
+
+    // One partition correlates the first half, then stops.
+    send_all(phase(true)).await?;
+    wait_until(
+        Duration::from_secs(120),
+        "partition 0 of 1 caught up",
+        || async { matches!(deliveries(&js, "correlator-0").await, Ok((_, 0))) },
+    )
+    .await?;
+    let before = js
+        .get_stream(vigil_common::subjects::EVENTS_STREAM)
+        .await?
+        .info()
+        .await?
+        .state
+        .messages;
+    stack.correlator.terminate(Duration::from_secs(10)).await?;
+
+    // Two partitions take over the second half: each loads the checkpoints
+    // of its slots and reads only those slots' messages.
+    let mut partitions = Vec::new();
+    for n in 0..2u32 {
+        let mut c = stack.correlator.another(
+            &format!("p{n}of2"),
+            &[
+                ("VIGIL_CORRELATOR_PARTITION", n.to_string()),
+                ("VIGIL_CORRELATOR_PARTITIONS", "2".to_owned()),
+            ],
+        )?;
+        c.start().await?;
+        partitions.push(c);
+    }
+    send_all(phase(false)).await?;
+    let stored_events = scenario.events.len() as i64;
+    wait_until(Duration::from_secs(120), "every event stored", || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM events")
+            .fetch_one(&stack.pool)
+            .await
+            .ok()
+            == Some(stored_events)
+    })
+    .await?;
+    let total = js
+        .get_stream(vigil_common::subjects::EVENTS_STREAM)
+        .await?
+        .info()
+        .await?
+        .state
+        .messages;
+    wait_until(
+        Duration::from_secs(120),
+        "both partitions caught up",
+        || async {
+            matches!(
+                (
+                    deliveries(&js, "correlator-0").await,
+                    deliveries(&js, "correlator-1").await
+                ),
+                (Ok((_, 0)), Ok((_, 0)))
+            )
+        },
+    )
+    .await?;
+    let (d0, _) = deliveries(&js, "correlator-0").await?;
+    let (d1, _) = deliveries(&js, "correlator-1").await?;
+    let second_half = total - before;
+    eprintln!(
+        "| re-partition 1 -> 2 | {second_half} messages after the change: partition 0 read {d0}, partition 1 read {d1} |"
+    );
+    assert!(
+        d0 > 0 && d1 > 0,
+        "each partition reads its share: {d0} and {d1}"
+    );
+    assert_eq!(d0 + d1, second_half, "together they read each message once");
+
+    let reference = uninterrupted(&stack.pool).await?;
+    assert_eq!(reference.len(), 18);
+    let stored = || async {
+        sqlx::query_as::<_, (String, i32)>("SELECT uid, count FROM findings")
+            .fetch_all(&stack.pool)
+            .await
+            .map(|rows| {
+                rows.into_iter()
+                    .map(|(id, c)| (id, c as usize))
+                    .collect::<BTreeSet<_>>()
+            })
+            .unwrap_or_default()
+    };
+    let matched = wait_until(
+        Duration::from_secs(60),
+        "the findings of one uninterrupted partition",
+        || async { stored().await == reference },
+    )
+    .await;
+    if matched.is_err() {
+        stack.dump_logs();
+        assert_eq!(stored().await, reference);
+    }
+    for mut c in partitions {
+        c.terminate(Duration::from_secs(10)).await?;
+    }
+    Ok(())
+}

@@ -66,8 +66,44 @@ pub const MESSAGE_TYPE_HEADER: &str = "Vigil-Message-Type";
 pub const SERVICE_ERROR_HEADER: &str = "Nats-Service-Error";
 pub const SERVICE_ERROR_CODE_HEADER: &str = "Nats-Service-Error-Code";
 
+/// Partition slots of EVENTS: nats-server.conf maps every
+/// `events.<tenant>.<class>` to `events.<tenant>.<class>.<slot>`, the slot
+/// a hash of the tenant (NATS's `partition(12,1)` subject mapping).
+/// Correlator partition `n` of `N` consumes the slots with `slot % N == n`.
+pub const EVENT_SLOTS: u32 = 12;
+
+/// The filter of one slot's events: `events.*.*.<slot>`.
+pub fn events_slot_filter(slot: u32) -> String {
+    format!("events.*.*.{slot}")
+}
+
+/// The slot token of a stored event subject (`events.<t>.<c>.<slot>`).
+pub fn slot_of_subject(subject: &str) -> Option<u32> {
+    let mut tokens = subject.split('.');
+    match (
+        tokens.next(),
+        tokens.next(),
+        tokens.next(),
+        tokens.next(),
+        tokens.next(),
+    ) {
+        (Some("events"), Some(_), Some(_), Some(slot), None) => {
+            slot.parse().ok().filter(|s| *s < EVENT_SLOTS)
+        }
+        _ => None,
+    }
+}
+
+/// The slots correlator partition `partition` of `partitions` owns.
+pub fn correlator_slots(partition: u32, partitions: u32) -> Vec<u32> {
+    (0..EVENT_SLOTS)
+        .filter(|s| s % partitions.max(1) == partition)
+        .collect()
+}
+
 /// `events.<tenant>.<class_uid>`: where the gateway publishes a batch of one
-/// tenant's events of one class. `tenant` must be a valid identity name
+/// tenant's events of one class (stored with its slot appended, see
+/// [`EVENT_SLOTS`]). `tenant` must be a valid identity name
 /// ([`crate::identity::is_valid_name`]), which keeps it one subject token.
 pub fn events_subject(tenant: &str, class_uid: i32) -> String {
     debug_assert!(crate::identity::is_valid_name(tenant));
@@ -89,9 +125,10 @@ pub fn correlator_consumer(partition: u32) -> String {
     format!("correlator-{partition}")
 }
 
-/// The checkpoint key of correlator partition `partition`.
-pub fn correlator_checkpoint_key(partition: u32) -> String {
-    format!("partition-{partition}")
+/// The checkpoint key prefix of event slot `slot` (one per slot, so a
+/// change in the number of partitions only changes who loads which).
+pub fn correlator_checkpoint_key(slot: u32) -> String {
+    format!("slot-{slot}")
 }
 
 /// The inbox prefix of a service's NATS user (`_INBOX_<service>`): replies
@@ -107,5 +144,19 @@ mod tests {
     #[test]
     fn events_subject_has_three_tokens() {
         assert_eq!(events_subject("acme", 3002), "events.acme.3002");
+    }
+
+    #[test]
+    fn a_stored_subject_names_its_slot_and_partitions_share_the_slots() {
+        assert_eq!(slot_of_subject("events.acme.3002.7"), Some(7));
+        assert_eq!(slot_of_subject("events.acme.3002"), None);
+        assert_eq!(slot_of_subject("events.acme.3002.12"), None);
+        assert_eq!(slot_of_subject("findings.acme.x.1"), None);
+        for n in 1..=MAX_CORRELATOR_PARTITIONS {
+            let mut all: Vec<u32> = (0..n).flat_map(|p| correlator_slots(p, n)).collect();
+            all.sort();
+            assert_eq!(all, (0..EVENT_SLOTS).collect::<Vec<_>>(), "{n} partitions");
+            assert!((0..n).all(|p| correlator_slots(p, n).len() == (EVENT_SLOTS / n) as usize));
+        }
     }
 }

@@ -2,13 +2,13 @@
 //! snapshot now and then, and after every batch a delta holding only the
 //! keys that changed, each tied to the EVENTS stream sequence it covers.
 //!
-//! Keys of partition `n` (generation `g`, written alternately under the
+//! Keys of event slot `s` (generation `g`, written alternately under the
 //! parities `g % 2`, so the keys in use never grow):
 //!
-//! - `partition-<n>.head`: the generation in force (written last when a
+//! - `slot-<s>.head`: the generation in force (written last when a
 //!   new snapshot is complete, so a crash mid-snapshot keeps the old one);
-//! - `partition-<n>.s<g%2>.<part>`: the snapshot (position, whole state);
-//! - `partition-<n>.d<g%2>.<k>.<part>`: delta `k` = 1, 2, … of the
+//! - `slot-<s>.s<g%2>.<part>`: the snapshot (position, whole state);
+//! - `slot-<s>.d<g%2>.<k>.<part>`: delta `k` = 1, 2, … of the
 //!   generation (position, changed keys).
 //!
 //! A value is a blob part: a header (magic, generation, index, a nonce
@@ -72,7 +72,7 @@ struct DeltaRecord {
     delta: Delta,
 }
 
-/// Where one partition's checkpoint lives, and how far its chain is.
+/// Where one slot's checkpoint lives, and how far its chain is.
 pub struct Checkpoint {
     bucket: kv::Store,
     prefix: String,
@@ -140,7 +140,7 @@ impl Checkpoint {
         format!("{}.{rest}", self.prefix)
     }
 
-    /// Reads partition `prefix`'s checkpoint: `None` if it has none yet.
+    /// Reads the checkpoint under `prefix` (one slot's): `None` if it has none yet.
     pub async fn open(bucket: kv::Store, prefix: &str) -> Result<(Self, Option<Restored>), String> {
         let mut cp = Checkpoint {
             bucket,

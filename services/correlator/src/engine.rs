@@ -366,11 +366,33 @@ impl Global {
 /// A track's identity: the first 128 bits of SHA-256 of (rule, tenant, key).
 pub type TrackId = u128;
 
+/// Track ids are already uniform (a digest nobody can steer), so their
+/// hash is their low 64 bits.
+#[derive(Default)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Not used for u128 keys; a plain fold keeps it a hash anyway.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u128(&mut self, n: u128) {
+        self.0 = n as u64;
+    }
+}
+
+type IdHash = std::hash::BuildHasherDefault<IdHasher>;
+
 /// Everything the engine knows: what a snapshot holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     pub global: Global,
-    tracks: HashMap<TrackId, Track>,
+    tracks: HashMap<TrackId, Track, IdHash>,
 }
 
 /// The changes since the last delta: each changed track's new value, or
@@ -422,7 +444,7 @@ pub struct Engine {
     /// Keys kept only for late events, by expiry; derived.
     cold: BTreeSet<(i64, TrackId)>,
     /// Tracks changed since the last delta.
-    changed: HashSet<TrackId>,
+    changed: HashSet<TrackId, IdHash>,
 }
 
 fn digest(parts: &[&str]) -> [u8; 16] {
@@ -583,7 +605,7 @@ impl Engine {
             tenant_names: Vec::new(),
             rule_names: Vec::new(),
             cold: BTreeSet::new(),
-            changed: HashSet::new(),
+            changed: HashSet::default(),
         };
         engine.set_rules(rules);
         let ids: Vec<TrackId> = engine.state.tracks.keys().copied().collect();
@@ -935,12 +957,15 @@ impl Engine {
             .into_iter()
             .flatten()
             .min();
-        self.unindex(id, old);
         let t = self.tenant_ix(&tenant);
         let index = Index {
             due: due.map(|d| (t, d)),
             cold,
         };
+        if (old.due, old.cold) == (index.due, index.cold) {
+            return; // most events leave a key's schedule as it was
+        }
+        self.unindex(id, old);
         if let Some(at) = cold {
             self.cold.insert((at, id));
         }

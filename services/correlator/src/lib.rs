@@ -4,7 +4,6 @@
 //! - [`rules`]: the rule file format and its validation.
 //! - [`fields`]: the event fields rules test and group by.
 //! - [`engine`]: windows, watermark, late events, suppression, findings.
-//! - [`partition`]: which partition owns a tenant.
 //! - [`checkpoint`]: the engine state's codec in the KV bucket.
 //! - [`finding`]: a finding as published.
 //! - [`metrics`]: the counters on `/metrics`.
@@ -18,7 +17,6 @@ pub mod engine;
 pub mod fields;
 pub mod finding;
 pub mod metrics;
-pub mod partition;
 pub mod rules;
 pub mod service;
 
@@ -176,37 +174,61 @@ impl Service for Correlator {
                 what: format!("bucket {}", subjects::CORRELATOR_BUCKET),
                 reason: e.to_string(),
             })?;
-        let key = subjects::correlator_checkpoint_key(loaded.partition);
-        let (checkpoint, restored) = checkpoint::Checkpoint::open(bucket.clone(), &key)
-            .await
-            .map_err(|reason| CorrelatorError::Checkpoint {
+        let owned = subjects::correlator_slots(loaded.partition, loaded.partitions);
+        let shutdown = CancellationToken::new();
+        let (source, acked) = service::Source::open(
+            js.clone(),
+            name.clone(),
+            owned
+                .iter()
+                .map(|s| subjects::events_slot_filter(*s))
+                .collect(),
+            loaded.batching,
+            shutdown.clone(),
+        )
+        .await;
+        let mut slots = Vec::new();
+        for slot in owned {
+            let key = subjects::correlator_checkpoint_key(slot);
+            let (checkpoint, restored) = checkpoint::Checkpoint::open(bucket.clone(), &key)
+                .await
+                .map_err(|reason| CorrelatorError::Checkpoint {
                 key: key.clone(),
                 reason,
             })?;
-        let shutdown = CancellationToken::new();
-        let (source, acked) =
-            service::Source::open(js.clone(), name.clone(), loaded.batching, shutdown.clone())
-                .await;
-        let (state, position) = match (restored, acked) {
-            (Some(r), _) => (r.state, r.position),
-            // No checkpoint yet: start where the consumer's acks stand.
-            (None, Some(acked)) => (engine::State::default(), acked),
-            (None, None) => {
-                return Err(CorrelatorError::Setup {
-                    what: format!("consumer {name} on EVENTS"),
-                    reason: "it does not exist and there is no checkpoint".into(),
-                });
-            }
-        };
-        tracing::info!(
-            partition = loaded.partition,
-            partitions = loaded.partitions,
-            position,
-            watermark = state.global.min_watermark(),
-            live_keys = state.live_keys(),
-            rules = loaded.rules.len(),
-            "restored checkpoint"
-        );
+            let (state, position, committed) = match (restored, acked) {
+                (Some(r), _) => (r.state, r.position, Some(r.position)),
+                // No checkpoint yet: start where the consumer's acks stand
+                // (the first commit writes one for every owned slot).
+                (None, Some(acked)) => (engine::State::default(), acked, None),
+                (None, None) => {
+                    return Err(CorrelatorError::Setup {
+                        what: format!("consumer {name} on EVENTS"),
+                        reason: "it does not exist and there is no checkpoint".into(),
+                    });
+                }
+            };
+            tracing::info!(
+                partition = loaded.partition,
+                partitions = loaded.partitions,
+                slot,
+                position,
+                watermark = state.global.min_watermark(),
+                live_keys = state.live_keys(),
+                rules = loaded.rules.len(),
+                "restored checkpoint"
+            );
+            slots.push(service::Slot {
+                slot,
+                engine: engine::Engine::new(loaded.rules.clone(), loaded.settings.clone(), state),
+                checkpoint,
+                position,
+                findings: Vec::new(),
+                dirty: false,
+                committed,
+                state_bytes: 0,
+            });
+        }
         // The bucket has no events of its own: probe it (stream info is
         // the cheapest call the correlator's NATS user may make on it).
         let bucket_ready = readiness.dependency("kv");
@@ -222,20 +244,15 @@ impl Service for Correlator {
                 async move { js.get_stream(&stream).await.is_ok() }
             });
         }
-        let engine = engine::Engine::new(loaded.rules, loaded.settings.clone(), state);
         Ok(Correlator {
             worker: service::Worker {
                 rules_path: loaded.rules_path,
-                partition: loaded.partition,
-                partitions: loaded.partitions,
                 settings: loaded.settings,
                 idle_timeout: loaded.idle_timeout,
                 js,
                 source,
-                checkpoint,
-                position,
+                slots,
                 next_delivery: 1,
-                engine,
                 counters: Arc::new(metrics::Counters::default()),
                 bucket_ready,
                 last_arrival: std::collections::HashMap::new(),

@@ -10,6 +10,8 @@ pub struct Counters {
     pub late_events: AtomicU64,
     pub dropped_late_events: AtomicU64,
     pub evicted_keys: AtomicU64,
+    /// Messages of slots this partition does not own.
+    pub foreign: AtomicU64,
     pub undecodable: AtomicU64,
     pub watermark_ms: AtomicI64,
     pub rule_reloads: AtomicU64,
@@ -64,6 +66,12 @@ impl Counters {
                 help: "Keys forgotten before their retention to stay within max_late_keys.",
                 kind: "counter",
                 value: n(&self.evicted_keys),
+            },
+            Sample {
+                name: "vigil_correlator_foreign_messages_total",
+                help: "Messages of event slots this partition does not own (skipped).",
+                kind: "counter",
+                value: n(&self.foreign),
             },
             Sample {
                 name: "vigil_correlator_undecodable_messages_total",

@@ -1,15 +1,16 @@
-//! The correlator at work: its partition's durable consumer on EVENTS in,
-//! findings on `findings.<tenant>.<rule>` out, state checkpointed in the
+//! The correlator at work: its partition's durable consumer on EVENTS in
+//! (filtered on the event slots it owns), findings on
+//! `findings.<tenant>.<rule>` out, each slot's state checkpointed in the
 //! CORRELATOR bucket ([`crate::checkpoint`]).
 //!
-//! Exactly once, like a stream processor's source offset: the checkpoint
-//! records the EVENTS stream sequence it covers (the position), and the
-//! worker absorbs messages strictly in stream order. At start, and
+//! Exactly once, like a stream processor's source offset: each slot's
+//! checkpoint records the EVENTS stream sequence it covers (its position),
+//! and the worker absorbs messages strictly in stream order. At start, and
 //! whenever a delivery went missing (a gap in the consumer's delivery
 //! sequence, e.g. a pull lost with the connection), it re-creates its
-//! consumer to deliver from position + 1 ([`Source::seek`]); a redelivered
-//! message at or below the position is already in the state and only
-//! acked. Per batch of messages: absorb the events of this partition's
+//! consumer to deliver from the least advanced slot's position + 1
+//! ([`Source::seek`]); a message at or below its slot's position is
+//! already in the state and only acked. Per batch of messages: absorb the events of this partition's
 //! tenants, publish the findings that changed (message id
 //! `<finding id>-v<version>`, so a replay after a crash is deduplicated),
 //! write the checkpoint delta (the keys that changed, and the position),
@@ -40,7 +41,7 @@ use vigil_proto::event::v1::EventBatch;
 use crate::checkpoint::Checkpoint;
 use crate::engine::{Delta, Engine, Finding, Settings};
 use crate::metrics::Counters;
-use crate::{partition, rules};
+use crate::rules;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CorrelatorError {
@@ -73,6 +74,26 @@ pub fn load_rules(path: &std::path::Path) -> Result<Vec<rules::Rule>, Correlator
 const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(30);
 /// First and largest pause between attempts of a failed commit or seek.
 const RETRY: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
+/// A slot whose state did not change still has its position written once
+/// it lags this many stream messages (or when the partition is idle), so a
+/// restart never re-reads more than this for a quiet slot.
+const POSITION_LAG: u64 = 50_000;
+/// How long a clean stop may spend on its last commit.
+const FINAL_COMMIT: Duration = Duration::from_secs(3);
+
+impl Slot {
+    /// Whether the next commit must write this slot: it changed, it has no
+    /// checkpoint yet, or its written position lags (any lag if `idle`).
+    fn due(&self, idle: bool) -> bool {
+        let lag = self.position.saturating_sub(self.committed.unwrap_or(0));
+        self.dirty
+            || !self.findings.is_empty()
+            || self.engine.pending_changes() > 0
+            || self.committed.is_none()
+            || lag >= POSITION_LAG
+            || (idle && lag > 0)
+    }
+}
 
 /// The partition's durable consumer on EVENTS, positioned by the
 /// correlator itself.
@@ -82,6 +103,8 @@ pub struct Source {
     batching: Batching,
     ack_wait: Duration,
     max_ack_pending: i64,
+    /// The slots' subjects this partition consumes.
+    filters: Vec<String>,
     /// Stops the current pull task.
     pull: CancellationToken,
     shutdown: CancellationToken,
@@ -95,6 +118,7 @@ impl Source {
     pub async fn open(
         js: jetstream::Context,
         name: String,
+        filters: Vec<String>,
         batching: Batching,
         shutdown: CancellationToken,
     ) -> (Self, Option<u64>) {
@@ -108,6 +132,7 @@ impl Source {
             max_ack_pending: info.map_or(20_000, |i| i.config.max_ack_pending),
             js,
             name,
+            filters,
             batching,
             pull: CancellationToken::new(),
             shutdown,
@@ -139,6 +164,7 @@ impl Source {
                     deliver_policy: consumer::DeliverPolicy::ByStartSequence {
                         start_sequence: start.max(1),
                     },
+                    filter_subjects: self.filters.clone(),
                     ..Default::default()
                 },
                 subjects::EVENTS_STREAM,
@@ -154,22 +180,38 @@ impl Source {
     }
 }
 
+/// One event slot this partition owns: its engine, its checkpoint and how
+/// far in the stream its state is. Slots are independent (a tenant lives in
+/// exactly one), so changing the number of partitions only changes which
+/// instance loads which slots.
+pub struct Slot {
+    pub slot: u32,
+    pub engine: Engine,
+    pub checkpoint: Checkpoint,
+    /// The stream sequence of the last message of this slot absorbed (the
+    /// checkpoint's position once committed).
+    pub position: u64,
+    /// Findings to publish and whether the state changed since the last
+    /// commit.
+    pub findings: Vec<Finding>,
+    pub dirty: bool,
+    /// The position its checkpoint holds (`None`: it has none yet).
+    pub committed: Option<u64>,
+    /// Size of its state at the last snapshot.
+    pub state_bytes: u64,
+}
+
 /// One partition's correlation loop and everything it owns.
 pub struct Worker {
     pub rules_path: PathBuf,
-    pub partition: u32,
-    pub partitions: u32,
     pub settings: Settings,
     pub idle_timeout: Duration,
     pub js: jetstream::Context,
     pub source: Source,
-    pub checkpoint: Checkpoint,
-    /// The stream sequence of the last message absorbed (the checkpoint's
-    /// position once committed).
-    pub position: u64,
+    /// The slots this partition owns, by slot number.
+    pub slots: Vec<Slot>,
     /// The consumer delivery sequence the next message must carry.
     pub next_delivery: u64,
-    pub engine: Engine,
     pub counters: Arc<Counters>,
     /// Readiness: the bucket is down while a checkpoint cannot be written.
     pub bucket_ready: Dependency,
@@ -187,11 +229,16 @@ enum Next {
 }
 
 impl Worker {
+    /// Where the stream must be read from: after the least advanced slot.
+    fn resume_at(&self) -> u64 {
+        self.slots.iter().map(|s| s.position).min().unwrap_or(0) + 1
+    }
+
     /// Runs until `shutdown`.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), CorrelatorError> {
         let mut hangup = hangup_signal();
         let mut idle_tick = tokio::time::interval(self.idle_timeout / 2);
-        let Some(mut batches) = self.seek(self.position + 1, &shutdown).await else {
+        let Some(mut batches) = self.seek(self.resume_at(), &shutdown).await else {
             return Ok(());
         };
         loop {
@@ -206,13 +253,34 @@ impl Worker {
             };
             match next {
                 Next::Continue => {}
-                Next::Stopped => return Ok(()),
+                Next::Stopped => {
+                    self.final_commit().await;
+                    return Ok(());
+                }
                 Next::Seek(start) => match self.seek(start, &shutdown).await {
                     Some(b) => batches = b,
                     None => return Ok(()),
                 },
             }
         }
+    }
+
+    /// On a clean stop: write what is not written yet (positions of quiet
+    /// slots included), within [`FINAL_COMMIT`], so the next start — with
+    /// this or another number of partitions — re-reads nothing.
+    async fn final_commit(&mut self) {
+        let limit = CancellationToken::new();
+        let cancel = limit.clone();
+        let timer = tokio::spawn(async move {
+            tokio::time::sleep(FINAL_COMMIT).await;
+            cancel.cancel();
+        });
+        if self.slots.iter().any(|s| s.due(true)) && !self.commit(&limit, true).await {
+            tracing::warn!(
+                "stopped before the last commit; the next start re-reads from the checkpoint"
+            );
+        }
+        timer.abort();
     }
 
     /// Positions the consumer at `start`, retrying until it works or
@@ -248,7 +316,9 @@ impl Worker {
         match load_rules(&self.rules_path) {
             Ok(rules) => {
                 tracing::info!(rules = rules.len(), "rules reloaded");
-                self.engine.replace_rules(rules);
+                for slot in &mut self.slots {
+                    slot.engine.replace_rules(rules.clone());
+                }
                 self.counters.rule_reloads.fetch_add(1, Ordering::Relaxed);
             }
             Err(error) => {
@@ -270,43 +340,44 @@ impl Worker {
         let watermark = vigil_common::now_millis()
             .saturating_sub(self.settings.allowed_lateness_ms)
             .saturating_sub(idle_ms);
-        let idle: Vec<String> = self
-            .engine
-            .global()
-            .clocks
-            .iter()
-            .filter(|(t, c)| {
-                c.watermark < watermark
-                    && self.last_arrival.get(*t).unwrap_or(&self.started).elapsed()
-                        >= self.idle_timeout
-            })
-            .map(|(t, _)| t.clone())
-            .collect();
-        let mut findings = Vec::new();
-        for tenant in &idle {
-            findings.extend(self.engine.advance_tenant(tenant, watermark));
+        for slot in &mut self.slots {
+            let idle: Vec<String> = slot
+                .engine
+                .global()
+                .clocks
+                .iter()
+                .filter(|(t, c)| {
+                    c.watermark < watermark
+                        && self.last_arrival.get(*t).unwrap_or(&self.started).elapsed()
+                            >= self.idle_timeout
+                })
+                .map(|(t, _)| t.clone())
+                .collect();
+            for tenant in &idle {
+                let found = slot.engine.advance_tenant(tenant, watermark);
+                slot.findings.extend(found);
+            }
         }
-        if findings.is_empty() && self.engine.pending_changes() == 0 {
+        if !self.slots.iter().any(|s| s.due(true)) {
             return Next::Continue;
         }
-        let delta = self.engine.take_delta();
-        if self.commit(&findings, &delta, shutdown).await {
+        if self.commit(shutdown, true).await {
             Next::Continue
         } else {
             Next::Stopped
         }
     }
 
-    /// A batch of messages: absorb this partition's events in stream order,
-    /// commit, then ack.
+    /// A batch of messages: absorb them in stream order, each into its
+    /// slot's engine, commit, then ack.
     async fn on_batch(
         &mut self,
         pending: Vec<jetstream::Message>,
         shutdown: &CancellationToken,
     ) -> Next {
-        let mut findings = Vec::new();
         let mut taken = 0;
         let mut gap = false;
+        let mut last = None;
         for message in &pending {
             let Ok(info) = message.info() else {
                 gap = true; // cannot place it in the stream: re-read from the position
@@ -314,11 +385,14 @@ impl Worker {
             };
             let (stream_seq, delivery) = (info.stream_sequence, info.consumer_sequence);
             self.counters.behind.store(info.pending, Ordering::Relaxed);
-            if delivery != self.next_delivery && stream_seq > self.position {
+            let ix = subjects::slot_of_subject(&message.subject)
+                .and_then(|s| self.slots.iter().position(|slot| slot.slot == s));
+            let absorbed = ix.is_none_or(|i| stream_seq <= self.slots[i].position);
+            if delivery != self.next_delivery && !absorbed {
                 tracing::warn!(
                     expected = self.next_delivery,
                     got = delivery,
-                    position = self.position,
+                    stream_seq,
                     "a delivery went missing; re-reading from the position"
                 );
                 gap = true;
@@ -326,10 +400,19 @@ impl Worker {
             }
             self.next_delivery = self.next_delivery.max(delivery + 1);
             taken += 1;
-            if stream_seq <= self.position {
+            last = Some(stream_seq);
+            let Some(i) = ix else {
+                // Not one of this partition's slots (the consumer's filter
+                // should have kept it away): nothing to correlate.
+                self.counters.foreign.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            if absorbed {
                 continue; // already in the state (a redelivery): only acked
             }
-            self.position = stream_seq;
+            let slot = &mut self.slots[i];
+            slot.position = stream_seq;
+            slot.dirty = true;
             let Ok(batch) = EventBatch::decode(message.payload.as_ref()) else {
                 // The writer dead-letters it; nothing to correlate.
                 self.counters.undecodable.fetch_add(1, Ordering::Relaxed);
@@ -338,24 +421,30 @@ impl Worker {
             let now = Instant::now();
             for event in &batch.events {
                 let tenant = event.tenant_uid();
+                if tenant.is_empty() {
+                    continue;
+                }
                 match self.last_arrival.get_mut(tenant) {
                     Some(at) => *at = now,
                     None => {
                         self.last_arrival.insert(tenant.to_owned(), now);
                     }
                 }
-                if tenant.is_empty()
-                    || partition::partition_of(tenant, self.partitions) != self.partition
-                {
-                    continue;
-                }
                 self.counters.events.fetch_add(1, Ordering::Relaxed);
-                findings.extend(self.engine.ingest(tenant, event));
+                let found = slot.engine.ingest(tenant, event);
+                slot.findings.extend(found);
+            }
+        }
+        // Delivered in stream order without a gap: every message of this
+        // partition's slots up to `last` has been seen, so every slot is
+        // there too, whether it had messages or not.
+        if let Some(last) = last {
+            for slot in &mut self.slots {
+                slot.position = slot.position.max(last);
             }
         }
         if taken > 0 {
-            let delta = self.engine.take_delta();
-            if !self.commit(&findings, &delta, shutdown).await {
+            if !self.commit(shutdown, false).await {
                 return Next::Stopped;
             }
             for message in &pending[..taken] {
@@ -365,47 +454,58 @@ impl Worker {
             }
         }
         if gap {
-            Next::Seek(self.position + 1)
+            Next::Seek(self.resume_at())
         } else {
             Next::Continue
         }
     }
 
-    /// Publishes changed findings (waiting for JetStream), then writes the
-    /// checkpoint; retried until it succeeds. False only on shutdown (the
-    /// state is then ahead of the checkpoint, and the next start resumes
-    /// from the checkpoint).
-    async fn commit(
-        &mut self,
-        findings: &[Finding],
-        delta: &Delta,
-        shutdown: &CancellationToken,
-    ) -> bool {
-        let mut pause = RETRY.0;
-        loop {
-            let started = Instant::now();
-            match self.try_commit(findings, delta).await {
-                Ok(()) => {
-                    self.bucket_ready.set(true);
-                    self.report(findings.len(), started.elapsed());
-                    return true;
-                }
-                Err(error) => {
-                    self.counters
-                        .commit_failures
-                        .fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(%error, retry_in = ?pause, "commit failed; retrying it");
-                }
+    /// For every slot that moved: publishes its changed findings (waiting
+    /// for JetStream), then writes its checkpoint; each retried until it
+    /// succeeds. False only on shutdown (a slot's state is then ahead of its
+    /// checkpoint, and the next start resumes from the checkpoint).
+    async fn commit(&mut self, shutdown: &CancellationToken, idle: bool) -> bool {
+        let started = Instant::now();
+        let mut published = 0;
+        for i in 0..self.slots.len() {
+            if !self.slots[i].due(idle) {
+                continue;
             }
-            tokio::select! {
-                () = shutdown.cancelled() => return false,
-                () = tokio::time::sleep(pause) => {}
+            let delta = self.slots[i].engine.take_delta();
+            let findings = std::mem::take(&mut self.slots[i].findings);
+            let mut pause = RETRY.0;
+            loop {
+                match self.try_commit(i, &findings, &delta).await {
+                    Ok(()) => break,
+                    Err(error) => {
+                        self.counters
+                            .commit_failures
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(%error, slot = self.slots[i].slot, retry_in = ?pause, "commit failed; retrying it");
+                    }
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => return false,
+                    () = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(RETRY.1);
             }
-            pause = (pause * 2).min(RETRY.1);
+            published += findings.len();
+            let slot = &mut self.slots[i];
+            slot.dirty = false;
+            slot.committed = Some(slot.position);
         }
+        self.bucket_ready.set(true);
+        self.report(published, started.elapsed());
+        true
     }
 
-    async fn try_commit(&mut self, findings: &[Finding], delta: &Delta) -> Result<(), String> {
+    async fn try_commit(
+        &mut self,
+        i: usize,
+        findings: &[Finding],
+        delta: &Delta,
+    ) -> Result<(), String> {
         let mut acks = Vec::with_capacity(findings.len());
         for f in findings {
             let publish = PublishMessage::build()
@@ -424,19 +524,20 @@ impl Worker {
             ack.map_err(|e| e.to_string())?;
         }
         let c = &self.counters;
-        let written = if self.checkpoint.snapshot_due() {
+        let slot = &mut self.slots[i];
+        let written = if slot.checkpoint.snapshot_due() {
             // The snapshot holds everything, this batch's changes included.
-            let bytes = self
+            let bytes = slot
                 .checkpoint
-                .write_snapshot(self.position, self.engine.state())
+                .write_snapshot(slot.position, slot.engine.state())
                 .await;
             self.bucket_ready.set(bytes.is_ok());
             let bytes = bytes?;
             c.snapshots.fetch_add(1, Ordering::Relaxed);
-            c.state_bytes.store(bytes, Ordering::Relaxed);
+            slot.state_bytes = bytes;
             bytes
         } else {
-            let bytes = self.checkpoint.write_delta(self.position, delta).await;
+            let bytes = slot.checkpoint.write_delta(slot.position, delta).await;
             self.bucket_ready.set(bytes.is_ok());
             bytes?
         };
@@ -447,17 +548,32 @@ impl Worker {
     /// Updates the metrics after a commit.
     fn report(&self, findings: usize, took: Duration) {
         let c = &self.counters;
-        let global = self.engine.global();
+        let sum = |f: &dyn Fn(&Slot) -> u64| self.slots.iter().map(f).sum::<u64>();
         c.findings.fetch_add(findings as u64, Ordering::Relaxed);
-        c.late_events.store(global.late_events, Ordering::Relaxed);
-        c.dropped_late_events
-            .store(global.dropped_late_events, Ordering::Relaxed);
-        c.evicted_keys.store(global.evicted_keys, Ordering::Relaxed);
-        c.watermark_ms
-            .store(global.min_watermark(), Ordering::Relaxed);
-        c.live_keys
-            .store(self.engine.state().live_keys() as u64, Ordering::Relaxed);
-        c.position.store(self.position, Ordering::Relaxed);
+        c.late_events
+            .store(sum(&|s| s.engine.global().late_events), Ordering::Relaxed);
+        c.dropped_late_events.store(
+            sum(&|s| s.engine.global().dropped_late_events),
+            Ordering::Relaxed,
+        );
+        c.evicted_keys
+            .store(sum(&|s| s.engine.global().evicted_keys), Ordering::Relaxed);
+        c.live_keys.store(
+            sum(&|s| s.engine.state().live_keys() as u64),
+            Ordering::Relaxed,
+        );
+        c.state_bytes
+            .store(sum(&|s| s.state_bytes), Ordering::Relaxed);
+        let watermark = self
+            .slots
+            .iter()
+            .map(|s| s.engine.global().min_watermark())
+            .filter(|w| *w > 0)
+            .min()
+            .unwrap_or(0);
+        c.watermark_ms.store(watermark, Ordering::Relaxed);
+        c.position
+            .store(self.resume_at().saturating_sub(1), Ordering::Relaxed);
         c.commit_micros.store(
             u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
