@@ -64,6 +64,10 @@ pub struct BenchOptions {
     /// to the raw insert limit is then not bounded by what the gateway
     /// accepted).
     pub backlog: bool,
+    /// Give every event a fresh random source address (hundreds of
+    /// thousands of group keys per minute for the correlator, instead of
+    /// the templates' few thousand).
+    pub fresh_sources: bool,
     /// Rows bulk-loaded after the ingest run for the query phase (0: no
     /// query phase).
     pub query_rows: u64,
@@ -86,6 +90,7 @@ impl Default for BenchOptions {
             correlator: false,
             drain_timeout: Duration::from_secs(300),
             backlog: false,
+            fresh_sources: false,
             query_rows: 0,
             query_calls: 200,
             preload_rows: 0,
@@ -174,6 +179,26 @@ pub struct CorrelatorFigures {
     pub pending_at_load_end: u64,
     /// Seconds after the load until it had absorbed everything.
     pub caught_up_seconds: f64,
+    /// From its `/metrics` at the end.
+    pub live_keys: u64,
+    pub state_bytes: u64,
+    pub last_checkpoint_bytes: u64,
+    pub last_commit_seconds: f64,
+    pub snapshots: u64,
+    pub evicted_keys: u64,
+    pub findings: u64,
+}
+
+/// The text of `/metrics` on `port`.
+async fn scrape(port: u16) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await?;
+    Ok(body)
 }
 
 /// The report as a table a person reads.
@@ -195,8 +220,16 @@ impl std::fmt::Display for Report {
         ));
         if let Some(c) = &self.correlator {
             line(format!(
-                "correlator: {} messages behind when the load ended; caught up {:.1} s after it",
-                c.pending_at_load_end, c.caught_up_seconds
+                "correlator: {} messages behind when the load ended; caught up {:.1} s after it; {} live keys, state {:.1} MB at the last of {} snapshots, last checkpoint write {} bytes in a {:.3} s commit, {} keys evicted, {} finding versions",
+                c.pending_at_load_end,
+                c.caught_up_seconds,
+                c.live_keys,
+                c.state_bytes as f64 / 1e6,
+                c.snapshots,
+                c.last_checkpoint_bytes,
+                c.last_commit_seconds,
+                c.evicted_keys,
+                c.findings
             ));
         }
         line(format!(
@@ -439,9 +472,32 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<Report> {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        let caught_up_seconds = drain_started.elapsed().as_secs_f64();
+        let metrics = scrape(stack.correlator_metrics_port)
+            .await
+            .unwrap_or_default();
+        let value = |name: &str| {
+            metrics
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix(name)?
+                        .strip_prefix(' ')?
+                        .trim()
+                        .parse::<f64>()
+                        .ok()
+                })
+                .unwrap_or(0.0)
+        };
         correlator = Some(CorrelatorFigures {
             pending_at_load_end: pending_at_end,
-            caught_up_seconds: drain_started.elapsed().as_secs_f64(),
+            caught_up_seconds,
+            live_keys: value("vigil_correlator_live_keys") as u64,
+            state_bytes: value("vigil_correlator_state_bytes") as u64,
+            last_checkpoint_bytes: value("vigil_correlator_checkpoint_bytes") as u64,
+            last_commit_seconds: value("vigil_correlator_commit_duration_seconds"),
+            snapshots: value("vigil_correlator_snapshots_total") as u64,
+            evicted_keys: value("vigil_correlator_evicted_keys_total") as u64,
+            findings: value("vigil_correlator_findings_total") as u64,
         });
     }
     sampling.cancel();
@@ -630,6 +686,7 @@ async fn drive(
         let policy = policy.clone();
         let batch = options.batch;
         let templates = templates.clone();
+        let fresh_sources = options.fresh_sources;
         // Devices are not synchronised: each starts at its own offset
         // within the send interval.
         let first_send = begin + interval.mul_f64(i as f64 / devices.len() as f64);
@@ -661,6 +718,10 @@ async fn drive(
                         ids.push(uid.as_u128());
                         e.time = now;
                         e.metadata.get_or_insert_default().uid = uid.to_string();
+                        if fresh_sources && let Some(src) = e.src_endpoint.as_mut() {
+                            let a: u32 = rand::Rng::random(&mut rng);
+                            src.ip = std::net::Ipv4Addr::from(a | 0x0100_0000).to_string();
+                        }
                         e
                     })
                     .collect();

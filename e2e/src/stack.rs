@@ -210,6 +210,8 @@ pub struct Stack {
     pub gateway_port: u16,
     pub writer_health_port: u16,
     pub reader_port: u16,
+    /// The correlator's Prometheus `/metrics` port.
+    pub correlator_metrics_port: u16,
     pub logs: tempfile::TempDir,
     _pki_dir: tempfile::TempDir,
 }
@@ -333,6 +335,7 @@ impl Stack {
         reader_env.extend(rate_env("VIGIL_READER"));
         reader_env.extend(nats_env("VIGIL_READER", "reader"));
         let correlator_health = free_port()?;
+        let correlator_metrics_port = free_port()?;
         let mut correlator_env = vec![
             (
                 "VIGIL_CORRELATOR_RULES".to_owned(),
@@ -344,7 +347,7 @@ impl Stack {
             ),
             (
                 "VIGIL_CORRELATOR_METRICS_LISTEN".to_owned(),
-                format!("127.0.0.1:{}", free_port()?),
+                format!("127.0.0.1:{correlator_metrics_port}"),
             ),
             (
                 "VIGIL_CORRELATOR_ALLOWED_LATENESS_MS".to_owned(),
@@ -390,6 +393,7 @@ impl Stack {
             gateway_port,
             writer_health_port,
             reader_port,
+            correlator_metrics_port,
             logs,
             _pki_dir: pki_dir,
         })

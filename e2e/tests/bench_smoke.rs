@@ -18,6 +18,7 @@ async fn the_benchmark_runs_and_checks_exactly_once() -> anyhow::Result<()> {
         correlator: true,
         drain_timeout: Duration::from_secs(60),
         backlog: false,
+        fresh_sources: false,
         query_rows: 20_000,
         query_calls: 3,
         preload_rows: 5_000,

@@ -38,6 +38,10 @@ struct Args {
     /// afterwards (its rate is then the writer's, not the gateway's).
     #[arg(long)]
     backlog: bool,
+    /// Give every event a fresh random source address (many more group
+    /// keys for the correlator).
+    #[arg(long)]
+    fresh_sources: bool,
     /// Bulk-load this many rows after the run and measure the analysts'
     /// queries over gRPC (right after the load, with generic plans, after
     /// ANALYZE).
@@ -67,6 +71,7 @@ async fn main() -> std::process::ExitCode {
         raw_sessions: args.raw_sessions,
         correlator: args.correlator,
         backlog: args.backlog,
+        fresh_sources: args.fresh_sources,
         query_rows: args.query_rows,
         query_calls: args.query_calls,
         preload_rows: args.preload_rows,
