@@ -547,7 +547,7 @@ impl Mesh {
                         partitions: options.limits.correlator_partitions,
                         allowed_lateness_ms: 2_000,
                         late_retention_secs: 3600,
-                        max_late_keys: 1_000_000,
+                        max_keys: 1_000_000,
                         idle_timeout_ms: 500,
                         metrics_listen: local,
                     },

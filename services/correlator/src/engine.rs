@@ -21,21 +21,20 @@
 //! evidence, up to the threshold distinct-value hashes, and per sequence
 //! step the first and last `at_least` marks. Never the events themselves.
 //!
-//! A pane is dropped once the last window holding it has closed; a key
-//! with a finding keeps its panes `late_retention` longer, and the finding
-//! itself `max(late_retention, suppress)` past its window, so late events
-//! can amend it. A key with no pane and no finding is forgotten. Hence
+//! A pane is dropped `late_retention` after the last window holding it
+//! has closed, a finding `max(late_retention, suppress)` past its window;
+//! a key with neither is forgotten, and beyond `max_keys` keys without a
+//! finding the least recently active one is (`evicted_keys`). Hence
 //!
 //! ```text
-//! live keys  <=  keys with a matching event in the last (W + H + allowed lateness) of event time
+//! live keys  <=  min(max_keys, keys with a matching event in the last W + H + lateness + late_retention)
 //!              + keys with a finding in the last max(late_retention, suppress)
-//! state      <=  live keys × (W/H + 1 + lateness/H [+ late_retention/H]) panes × the per-pane bound
+//! state      <=  live keys × ((W + lateness + late_retention)/H + 1) panes × the per-pane bound
 //! ```
 //!
 //! so memory and checkpoint size follow the number of live keys, not
-//! events/s × retention. A late event behind the watermark whose key has
-//! no finding and whose windows have all closed is dropped and counted
-//! (`dropped_late_events`); it can no longer create a finding.
+//! events/s × retention. A late event behind the watermark later than
+//! `late_retention` is dropped and counted (`dropped_late_events`).
 //!
 //! ## Determinism
 //!
@@ -77,10 +76,10 @@ pub struct Settings {
     /// How long (in event time) a key keeps its panes after their windows
     /// closed, for late events.
     pub late_retention_ms: i64,
-    /// At most this many keys are kept only for late events (no window
-    /// open, no finding); beyond it the one that would expire first is
-    /// forgotten (`evicted_keys`).
-    pub max_late_keys: usize,
+    /// At most this many keys without a finding are kept; beyond it the
+    /// one whose newest event is oldest is forgotten (`evicted_keys`): a
+    /// bound on memory however many distinct keys the traffic brings.
+    pub max_keys: usize,
 }
 
 impl Default for Settings {
@@ -88,7 +87,7 @@ impl Default for Settings {
         Self {
             allowed_lateness_ms: 30_000,
             late_retention_ms: 3_600_000,
-            max_late_keys: 500_000,
+            max_keys: 400_000,
         }
     }
 }
@@ -225,6 +224,9 @@ impl PaneMap {
     fn first(&self) -> Option<i64> {
         self.0.first().map(|(i, _)| *i)
     }
+    fn last(&self) -> Option<i64> {
+        self.0.last().map(|(i, _)| *i)
+    }
     fn retain(&mut self, keep: impl Fn(i64) -> bool) {
         self.0.retain(|(i, _)| keep(*i));
     }
@@ -305,8 +307,8 @@ struct Held {
 struct Index {
     /// (tenant number, when the track next needs attention).
     due: Option<(u32, i64)>,
-    /// When it expires, if it is kept only for late events.
-    cold: Option<i64>,
+    /// The start of its newest pane, if it has no finding (eviction order).
+    lru: Option<i64>,
 }
 
 impl PartialEq for Index {
@@ -352,7 +354,7 @@ pub struct Global {
     pub late_events: u64,
     /// Late events nothing could take any more.
     pub dropped_late_events: u64,
-    /// Keys forgotten early to stay within `max_late_keys`.
+    /// Keys forgotten early to stay within `max_keys`.
     pub evicted_keys: u64,
 }
 
@@ -441,8 +443,8 @@ pub struct Engine {
     tenant_names: Vec<Arc<str>>,
     /// The rules' ids, shared by their tracks.
     rule_names: Vec<Arc<str>>,
-    /// Keys kept only for late events, by expiry; derived.
-    cold: BTreeSet<(i64, TrackId)>,
+    /// Keys without a finding, by their newest pane; derived.
+    lru: BTreeSet<(i64, TrackId)>,
     /// Tracks changed since the last delta.
     changed: HashSet<TrackId, IdHash>,
 }
@@ -604,7 +606,7 @@ impl Engine {
             tenants: HashMap::new(),
             tenant_names: Vec::new(),
             rule_names: Vec::new(),
-            cold: BTreeSet::new(),
+            lru: BTreeSet::new(),
             changed: HashSet::default(),
         };
         engine.set_rules(rules);
@@ -702,8 +704,8 @@ impl Engine {
         if let Some((t, due)) = index.due {
             self.due.remove(&(t, due, id));
         }
-        if let Some(at) = index.cold {
-            self.cold.remove(&(at, id));
+        if let Some(at) = index.lru {
+            self.lru.remove(&(at, id));
         }
     }
 
@@ -864,15 +866,32 @@ impl Engine {
         out
     }
 
-    /// Keeps at most `max_late_keys` keys that only wait for late events.
+    /// Keeps at most `max_keys` keys without a finding: the least recently
+    /// active go first (the order is event time, so it is deterministic).
     fn evict(&mut self) {
-        while self.cold.len() > self.settings.max_late_keys {
-            let Some(&(_, id)) = self.cold.first() else {
-                break;
-            };
-            self.forget(id);
-            self.state.global.evicted_keys += 1;
-        }
+        while self.lru.len() > self.settings.max_keys && self.evict_oldest() {}
+    }
+
+    /// Keys without a finding (what `max_keys` bounds).
+    pub fn evictable_keys(&self) -> usize {
+        self.lru.len()
+    }
+
+    /// The start of the newest pane of the least recently active key
+    /// without a finding.
+    pub fn oldest_activity(&self) -> Option<i64> {
+        self.lru.first().map(|(at, _)| *at)
+    }
+
+    /// Forgets the least recently active key without a finding (for a cap
+    /// shared by several engines); false if there is none.
+    pub fn evict_oldest(&mut self) -> bool {
+        let Some(&(_, id)) = self.lru.first() else {
+            return false;
+        };
+        self.forget(id);
+        self.state.global.evicted_keys += 1;
+        true
     }
 
     /// Evaluates the windows of `id` that closed by `watermark`, then drops
@@ -949,8 +968,8 @@ impl Engine {
             .iter()
             .map(|h| h.finding.window_end.saturating_add(hold))
             .min();
-        let cold = match (next_close, track.held.is_empty()) {
-            (None, true) => pane_expiry,
+        let lru = match (track.held.is_empty(), track.panes.last()) {
+            (true, Some(p)) => Some(panes.start(p)),
             _ => None,
         };
         let due = [next_close, pane_expiry, held_expiry]
@@ -960,14 +979,14 @@ impl Engine {
         let t = self.tenant_ix(&tenant);
         let index = Index {
             due: due.map(|d| (t, d)),
-            cold,
+            lru,
         };
-        if (old.due, old.cold) == (index.due, index.cold) {
+        if (old.due, old.lru) == (index.due, index.lru) {
             return; // most events leave a key's schedule as it was
         }
         self.unindex(id, old);
-        if let Some(at) = cold {
-            self.cold.insert((at, id));
+        if let Some(at) = lru {
+            self.lru.insert((at, id));
         }
         if let Some(d) = due {
             self.due.insert((t, d, id));
@@ -1392,16 +1411,15 @@ mod tests {
     }
 
     #[test]
-    fn keys_kept_only_for_late_events_are_capped() {
+    fn keys_without_a_finding_are_capped_least_recently_active_first() {
         let rules = rules::parse(rules::DEFAULT_RULES).unwrap_or_default();
         let settings = Settings {
-            max_late_keys: 100,
+            max_keys: 100,
             ..Settings::default()
         };
         let mut e = Engine::new(rules, settings, State::default());
-        // 1,000 sources with one failure each, a second apart: every key
-        // has one event and no finding; once its windows close it waits
-        // only for late events.
+        // 1,000 sources with one failure each, a second apart (and one user
+        // with all of them and no success): 1,001 keys, none with a finding.
         for i in 0..1000 {
             e.ingest(
                 "acme",
@@ -1414,18 +1432,38 @@ mod tests {
                 ),
             );
         }
-        let closed = e.global().evicted_keys;
-        assert!(closed > 0);
-        // Keys with open windows (about the last 6 minutes) plus at most 100.
-        assert!(
-            e.state().live_keys() <= 100 + 2 * 360,
-            "{}",
-            e.state().live_keys()
+        assert_eq!(e.state().live_keys(), 100);
+        assert_eq!(e.global().evicted_keys, 901);
+        // An attack from a source active now is still found: the cap takes
+        // the least recently active keys.
+        let mut found = Vec::new();
+        for i in 0..5 {
+            found.extend(e.ingest(
+                "acme",
+                &login(
+                    &format!("a{i}"),
+                    T0 + 1_000_000 + i * 1000,
+                    "203.0.113.7",
+                    "x",
+                    false,
+                ),
+            ));
+        }
+        found.extend(e.ingest("acme", &connection("tick", T0 + 3_000_000, "10.0.0.1", 80)));
+        assert_eq!(
+            found
+                .iter()
+                .map(|f| (f.rule_id.as_str(), f.count))
+                .collect::<Vec<_>>(),
+            vec![("brute-force", 5)]
         );
         // A late event for an evicted key starts it afresh (what it had
         // counted is gone, which `evicted_keys` reports): counted as late.
         let late = e.global().late_events;
-        e.ingest("acme", &login("late", T0, "10.0.0.0", "u", false));
+        e.ingest(
+            "acme",
+            &login("late", T0 + 2_900_000, "10.0.0.0", "u", false),
+        );
         assert_eq!(e.global().late_events, late + 1);
     }
 

@@ -61,10 +61,10 @@ pub struct Config {
     /// How long (event time) closed windows stay open to late events.
     #[arg(long, env = "LATE_RETENTION_SECS", default_value_t = 3600)]
     pub late_retention_secs: i64,
-    /// At most this many keys are kept only for late events (all their
-    /// windows closed, no finding); beyond it the oldest are forgotten.
-    #[arg(long, env = "MAX_LATE_KEYS", default_value_t = 500_000)]
-    pub max_late_keys: usize,
+    /// At most this many group keys without a finding are kept (memory:
+    /// about 1 KB each); beyond it the least recently active are forgotten.
+    #[arg(long, env = "MAX_KEYS", default_value_t = 400_000)]
+    pub max_keys: usize,
     /// With no events for this long, event time advances with wall time.
     #[arg(long, env = "IDLE_TIMEOUT_MS", default_value_t = 10_000)]
     pub idle_timeout_ms: u64,
@@ -127,7 +127,7 @@ impl ServiceConfig for Config {
                 settings: engine::Settings {
                     allowed_lateness_ms: self.allowed_lateness_ms,
                     late_retention_ms: self.late_retention_secs.saturating_mul(1000),
-                    max_late_keys: self.max_late_keys,
+                    max_keys: self.max_keys,
                 },
                 idle_timeout: Duration::from_millis(self.idle_timeout_ms),
                 metrics_listen: self.metrics_listen,
@@ -220,7 +220,15 @@ impl Service for Correlator {
             );
             slots.push(service::Slot {
                 slot,
-                engine: engine::Engine::new(loaded.rules.clone(), loaded.settings.clone(), state),
+                // The key cap is the partition's, over all its slots.
+                engine: engine::Engine::new(
+                    loaded.rules.clone(),
+                    engine::Settings {
+                        max_keys: usize::MAX,
+                        ..loaded.settings.clone()
+                    },
+                    state,
+                ),
                 checkpoint,
                 position,
                 findings: Vec::new(),
@@ -247,6 +255,7 @@ impl Service for Correlator {
         Ok(Correlator {
             worker: service::Worker {
                 rules_path: loaded.rules_path,
+                max_keys: loaded.settings.max_keys,
                 settings: loaded.settings,
                 idle_timeout: loaded.idle_timeout,
                 js,

@@ -63,7 +63,7 @@ impl Counters {
             },
             Sample {
                 name: "vigil_correlator_evicted_keys_total",
-                help: "Keys forgotten before their retention to stay within max_late_keys.",
+                help: "Keys without a finding forgotten, least recently active first, to stay within max_keys.",
                 kind: "counter",
                 value: n(&self.evicted_keys),
             },

@@ -205,6 +205,8 @@ pub struct Slot {
 pub struct Worker {
     pub rules_path: PathBuf,
     pub settings: Settings,
+    /// Keys without a finding the partition keeps, over all its slots.
+    pub max_keys: usize,
     pub idle_timeout: Duration,
     pub js: jetstream::Context,
     pub source: Source,
@@ -435,6 +437,7 @@ impl Worker {
                 slot.findings.extend(found);
             }
         }
+        self.enforce_key_cap();
         // Delivered in stream order without a gap: every message of this
         // partition's slots up to `last` has been seen, so every slot is
         // there too, whether it had messages or not.
@@ -457,6 +460,28 @@ impl Worker {
             Next::Seek(self.resume_at())
         } else {
             Next::Continue
+        }
+    }
+
+    /// One budget of keys without a finding for all the partition's slots
+    /// (a slot may hold one busy tenant): beyond it the least recently
+    /// active key of any slot is forgotten.
+    fn enforce_key_cap(&mut self) {
+        let mut total: usize = self.slots.iter().map(|s| s.engine.evictable_keys()).sum();
+        while total > self.max_keys {
+            let oldest = self
+                .slots
+                .iter_mut()
+                .filter_map(|s| s.engine.oldest_activity().map(|a| (a, s)))
+                .min_by_key(|(a, _)| *a);
+            let Some((_, slot)) = oldest else {
+                break;
+            };
+            if !slot.engine.evict_oldest() {
+                break;
+            }
+            slot.dirty = true;
+            total -= 1;
         }
     }
 

@@ -17,7 +17,7 @@ fn state_follows_the_live_keys_not_the_traffic() -> Result<(), Box<dyn std::erro
     let settings = Settings {
         allowed_lateness_ms: 30_000,
         late_retention_ms: 300_000,
-        max_late_keys: 1_000_000,
+        max_keys: 1_000_000,
     };
     let mut engine = Engine::new(rules.clone(), settings.clone(), State::default());
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
