@@ -345,11 +345,14 @@ async fn from_one_partition_to_two_each_reads_its_share_and_the_findings_stay_th
     eprintln!(
         "| re-partition 1 -> 2 | {second_half} messages after the change: partition 0 read {d0}, partition 1 read {d1} |"
     );
+    // Each reads its share, not the whole stream; together every message
+    // (once, unless the old partition's last commit at SIGTERM did not make
+    // it and a few are re-read and skipped).
     assert!(
-        d0 > 0 && d1 > 0,
-        "each partition reads its share: {d0} and {d1}"
+        d0 > 0 && d1 > 0 && d0 < second_half && d1 < second_half,
+        "each partition reads its share: {d0} and {d1} of {second_half}"
     );
-    assert_eq!(d0 + d1, second_half, "together they read each message once");
+    assert!(d0 + d1 >= second_half, "together they read every message");
 
     let reference = uninterrupted(&stack.pool).await?;
     assert_eq!(reference.len(), 18);

@@ -32,7 +32,7 @@ pub const PART_BYTES: usize = 960 * 1024;
 /// most about twice the snapshot)...
 pub const SNAPSHOT_AFTER_BYTES: u64 = 4 << 20;
 /// ...or once this many deltas were written (each is one read at recovery).
-pub const SNAPSHOT_AFTER_DELTAS: u64 = 2000;
+pub const SNAPSHOT_AFTER_DELTAS: u64 = 300;
 
 const MAGIC: &[u8; 4] = b"VGC1";
 const HEADER: usize = 4 + 8 + 8 + 8 + 4 + 4;
