@@ -714,3 +714,41 @@ impl Drop for Mesh {
         self.shutdown.cancel();
     }
 }
+
+/// The findings (id, count) an uninterrupted correlator with the shipped
+/// rules computes over every stored event in event-time order: the newest
+/// version of each. What a run through faults must equal.
+pub async fn uninterrupted_findings(
+    pool: &PgPool,
+) -> anyhow::Result<std::collections::BTreeSet<(String, usize)>> {
+    use prost::Message;
+    let rows: Vec<(String, Vec<u8>)> =
+        sqlx::query_as("SELECT tenant, payload FROM events ORDER BY time, uid")
+            .fetch_all(pool)
+            .await?;
+    let rules = vigil_correlator::rules::parse(&std::fs::read_to_string(
+        workspace_root().join("deploy/rules.toml"),
+    )?)?;
+    let mut engine =
+        vigil_correlator::engine::Engine::new(rules, Default::default(), Default::default());
+    let mut findings = std::collections::BTreeMap::new();
+    for (tenant, payload) in rows {
+        let event = vigil_proto::event::v1::SecurityEvent::decode(payload.as_slice())?;
+        for f in engine.ingest(&tenant, &event) {
+            findings.insert(f.id.clone(), f.count);
+        }
+    }
+    for f in engine.advance(i64::MAX) {
+        findings.insert(f.id.clone(), f.count);
+    }
+    Ok(findings.into_iter().collect())
+}
+
+/// The findings the writer stored, as (id, count); empty if unreadable.
+pub async fn stored_findings(pool: &PgPool) -> std::collections::BTreeSet<(String, usize)> {
+    sqlx::query_as::<_, (String, i32)>("SELECT uid, count FROM findings")
+        .fetch_all(pool)
+        .await
+        .map(|rows| rows.into_iter().map(|(id, c)| (id, c as usize)).collect())
+        .unwrap_or_default()
+}

@@ -6,7 +6,7 @@
 //! Every attack is found exactly once, no near-miss is, and the findings
 //! (id and count) equal an uninterrupted run's over the stored events.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -14,7 +14,7 @@ use std::time::Duration;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use vigil_e2e::stack::Stack;
-use vigil_e2e::{MeshOptions, wait_until};
+use vigil_e2e::{MeshOptions, stored_findings, uninterrupted_findings, wait_until};
 use vigil_proto::event::v1::SecurityEvent;
 
 const TENANTS: [(&str, &str); 3] = [
@@ -25,31 +25,6 @@ const TENANTS: [(&str, &str); 3] = [
 /// Background events per tenant.
 const BACKGROUND: usize = 70_000;
 const BATCH: usize = 500;
-
-/// The findings an uninterrupted correlator computes over every stored
-/// event, in event-time order: the newest (id, count) of each.
-async fn uninterrupted(pool: &sqlx::PgPool) -> anyhow::Result<BTreeSet<(String, usize)>> {
-    use prost::Message;
-    let rows: Vec<(String, Vec<u8>)> =
-        sqlx::query_as("SELECT tenant, payload FROM events ORDER BY time, uid")
-            .fetch_all(pool)
-            .await?;
-    let rules = vigil_correlator::rules::parse(&std::fs::read_to_string(
-        vigil_e2e::workspace_root().join("deploy/rules.toml"),
-    )?)?;
-    let mut engine =
-        vigil_correlator::engine::Engine::new(rules, Default::default(), Default::default());
-    let mut findings = BTreeMap::new();
-    for (tenant, payload) in rows {
-        for f in engine.ingest(&tenant, &SecurityEvent::decode(payload.as_slice())?) {
-            findings.insert(f.id.clone(), f.count);
-        }
-    }
-    for f in engine.advance(i64::MAX) {
-        findings.insert(f.id.clone(), f.count);
-    }
-    Ok(findings.into_iter().collect())
-}
 
 /// Sends `events` as one device, in batches, retrying a batch until the
 /// gateway takes it (nats-server goes away mid-run; a retried batch carries
@@ -168,18 +143,8 @@ async fn attacks_in_200k_events_are_found_once_through_kill9_of_correlator_and_n
             == Some(stored_events)
     })
     .await?;
-    let reference = uninterrupted(&stack.pool).await?;
-    let stored = || async {
-        sqlx::query_as::<_, (String, i32)>("SELECT uid, count FROM findings")
-            .fetch_all(&stack.pool)
-            .await
-            .map(|rows| {
-                rows.into_iter()
-                    .map(|(id, c)| (id, c as usize))
-                    .collect::<BTreeSet<_>>()
-            })
-            .unwrap_or_default()
-    };
+    let reference = uninterrupted_findings(&stack.pool).await?;
+    let stored = || stored_findings(&stack.pool);
     let matched = wait_until(
         Duration::from_secs(180),
         "findings equal to an uninterrupted run",
@@ -354,19 +319,9 @@ async fn from_one_partition_to_two_each_reads_its_share_and_the_findings_stay_th
     );
     assert!(d0 + d1 >= second_half, "together they read every message");
 
-    let reference = uninterrupted(&stack.pool).await?;
+    let reference = uninterrupted_findings(&stack.pool).await?;
     assert_eq!(reference.len(), 18);
-    let stored = || async {
-        sqlx::query_as::<_, (String, i32)>("SELECT uid, count FROM findings")
-            .fetch_all(&stack.pool)
-            .await
-            .map(|rows| {
-                rows.into_iter()
-                    .map(|(id, c)| (id, c as usize))
-                    .collect::<BTreeSet<_>>()
-            })
-            .unwrap_or_default()
-    };
+    let stored = || stored_findings(&stack.pool);
     let matched = wait_until(
         Duration::from_secs(60),
         "the findings of one uninterrupted partition",

@@ -196,37 +196,6 @@ async fn whole_stack_restarted_mid_load() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The findings (id, count) an uninterrupted correlator computes over
-/// every event that was stored.
-async fn uninterrupted_findings(
-    pool: &sqlx::PgPool,
-) -> anyhow::Result<std::collections::BTreeSet<(String, usize)>> {
-    use prost::Message;
-    let rows: Vec<(String, Vec<u8>)> =
-        sqlx::query_as("SELECT tenant, payload FROM events ORDER BY time, uid")
-            .fetch_all(pool)
-            .await?;
-    let rules = vigil_correlator::rules::parse(&std::fs::read_to_string(
-        vigil_e2e::workspace_root().join("deploy/rules.toml"),
-    )?)?;
-    let mut engine =
-        vigil_correlator::engine::Engine::new(rules, Default::default(), Default::default());
-    // The newest version of every finding the engine emits.
-    let mut findings = std::collections::BTreeMap::new();
-    for (tenant, payload) in rows {
-        for f in engine.ingest(
-            &tenant,
-            &vigil_proto::event::v1::SecurityEvent::decode(payload.as_slice())?,
-        ) {
-            findings.insert(f.id.clone(), f.count);
-        }
-    }
-    for f in engine.advance(i64::MAX) {
-        findings.insert(f.id.clone(), f.count);
-    }
-    Ok(findings.into_iter().collect())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn correlator_killed_mid_stream_emits_what_an_uninterrupted_run_would() -> anyhow::Result<()>
 {
@@ -304,19 +273,9 @@ async fn correlator_killed_mid_stream_emits_what_an_uninterrupted_run_would() ->
     )
     .await?;
 
-    let expected = uninterrupted_findings(&stack.pool).await?;
+    let expected = vigil_e2e::uninterrupted_findings(&stack.pool).await?;
     assert_eq!(expected.len(), 18);
-    let stored = || async {
-        sqlx::query_as::<_, (String, i32)>("SELECT uid, count FROM findings")
-            .fetch_all(&stack.pool)
-            .await
-            .map(|rows| {
-                rows.into_iter()
-                    .map(|(id, c)| (id, c as usize))
-                    .collect::<std::collections::BTreeSet<_>>()
-            })
-            .unwrap_or_default()
-    };
+    let stored = || vigil_e2e::stored_findings(&stack.pool);
     let matched = wait_until(
         Duration::from_secs(60),
         "findings equal to an uninterrupted run",
