@@ -183,7 +183,8 @@ pub struct CorrelatorFigures {
     pub live_keys: u64,
     pub state_bytes: u64,
     pub last_checkpoint_bytes: u64,
-    pub last_commit_seconds: f64,
+    /// Mean commit duration over the run.
+    pub mean_commit_seconds: f64,
     pub snapshots: u64,
     pub evicted_keys: u64,
     pub findings: u64,
@@ -191,14 +192,7 @@ pub struct CorrelatorFigures {
 
 /// The text of `/metrics` on `port`.
 async fn scrape(port: u16) -> anyhow::Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await?;
-    Ok(body)
+    Ok(vigil_common::metrics::scrape(([127, 0, 0, 1], port).into()).await?)
 }
 
 /// The report as a table a person reads.
@@ -220,14 +214,14 @@ impl std::fmt::Display for Report {
         ));
         if let Some(c) = &self.correlator {
             line(format!(
-                "correlator: {} messages behind when the load ended; caught up {:.1} s after it; {} live keys, state {:.1} MB at the last of {} snapshots, last checkpoint write {} bytes in a {:.3} s commit, {} keys evicted, {} finding versions",
+                "correlator: {} messages behind when the load ended; caught up {:.1} s after it; {} live keys, state {:.1} MB at the last of {} snapshots, last checkpoint write {} bytes, commits {:.3} s on average, {} keys evicted, {} finding versions",
                 c.pending_at_load_end,
                 c.caught_up_seconds,
                 c.live_keys,
                 c.state_bytes as f64 / 1e6,
                 c.snapshots,
                 c.last_checkpoint_bytes,
-                c.last_commit_seconds,
+                c.mean_commit_seconds,
                 c.evicted_keys,
                 c.findings
             ));
@@ -476,25 +470,16 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<Report> {
         let metrics = scrape(stack.correlator_metrics_port)
             .await
             .unwrap_or_default();
-        let value = |name: &str| {
-            metrics
-                .lines()
-                .find_map(|l| {
-                    l.strip_prefix(name)?
-                        .strip_prefix(' ')?
-                        .trim()
-                        .parse::<f64>()
-                        .ok()
-                })
-                .unwrap_or(0.0)
-        };
+        // Summed over labels (findings are counted by rule).
+        let value = |name: &str| vigil_common::metrics::sample(&metrics, name, &[]).unwrap_or(0.0);
         correlator = Some(CorrelatorFigures {
             pending_at_load_end: pending_at_end,
             caught_up_seconds,
             live_keys: value("vigil_correlator_live_keys") as u64,
             state_bytes: value("vigil_correlator_state_bytes") as u64,
             last_checkpoint_bytes: value("vigil_correlator_checkpoint_bytes") as u64,
-            last_commit_seconds: value("vigil_correlator_commit_duration_seconds"),
+            mean_commit_seconds: value("vigil_correlator_commit_duration_seconds_sum")
+                / value("vigil_correlator_commit_duration_seconds_count").max(1.0),
             snapshots: value("vigil_correlator_snapshots_total") as u64,
             evicted_keys: value("vigil_correlator_evicted_keys_total") as u64,
             findings: value("vigil_correlator_findings_total") as u64,

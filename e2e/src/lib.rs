@@ -351,6 +351,15 @@ impl Default for MeshOptions {
     }
 }
 
+/// Where each service of a [`Mesh`] serves `/metrics`.
+#[derive(Debug, Clone)]
+pub struct MetricsAddrs {
+    pub gateway: SocketAddr,
+    pub writer: SocketAddr,
+    pub reader: SocketAddr,
+    pub correlators: Vec<SocketAddr>,
+}
+
 /// Where each service of a [`Mesh`] answers health checks.
 #[derive(Debug, Clone)]
 pub struct Health {
@@ -424,6 +433,8 @@ pub struct Mesh {
     pub reader_policy: vigil_common::policy::LivePolicy,
     /// Each correlator partition's Prometheus endpoint.
     pub correlator_metrics: Vec<SocketAddr>,
+    /// Every service's Prometheus endpoint.
+    pub metrics: MetricsAddrs,
     shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     _pki_dir: tempfile::TempDir,
@@ -455,6 +466,7 @@ impl Mesh {
         let local: SocketAddr = "127.0.0.1:0".parse()?;
         let run = RunArgs {
             health_listen: local,
+            metrics_listen: local,
             insecure_dev: false,
         };
         let nats_args = |service: &str| {
@@ -549,7 +561,6 @@ impl Mesh {
                         late_retention_secs: 3600,
                         max_keys: 1_000_000,
                         idle_timeout_ms: 500,
-                        metrics_listen: local,
                     },
                 )
                 .await?,
@@ -562,10 +573,14 @@ impl Mesh {
                 .map(|(_, a)| a)
                 .ok_or_else(|| anyhow::anyhow!("no {name} address"))
         };
-        let correlator_metrics = correlators
-            .iter()
-            .map(|c| addr(c.addresses(), "metrics"))
-            .collect::<Result<Vec<_>, _>>()?;
+        let correlator_metrics: Vec<SocketAddr> =
+            correlators.iter().map(|c| c.metrics_addr()).collect();
+        let metrics = MetricsAddrs {
+            gateway: gateway.metrics_addr(),
+            writer: writer.metrics_addr(),
+            reader: reader.metrics_addr(),
+            correlators: correlator_metrics.clone(),
+        };
         let correlator_health = correlators.iter().map(|c| c.health_addr()).collect();
         let gateway_addr = addr(gateway.addresses(), "grpc")?;
         let reader_addr = addr(reader.addresses(), "grpc")?;
@@ -600,6 +615,7 @@ impl Mesh {
             reader_policy,
             reader_addr,
             correlator_metrics,
+            metrics,
             shutdown,
             tasks,
             _pki_dir: pki_dir,

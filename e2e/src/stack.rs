@@ -129,6 +129,14 @@ impl Service {
         .with_context(|| format!("see {}", self.log.display()))
     }
 
+    /// Where the service serves `/metrics` (its `*_METRICS_LISTEN`).
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.env
+            .iter()
+            .find(|(k, _)| k.ends_with("_METRICS_LISTEN"))
+            .and_then(|(_, v)| v.parse().ok())
+    }
+
     /// Another instance of this service (not started): the same binary and
     /// settings with `overrides`, its own health and metrics ports and log.
     pub fn another(&self, suffix: &str, overrides: &[(&str, String)]) -> anyhow::Result<Service> {
@@ -297,6 +305,10 @@ impl Stack {
         gateway_env.extend(tls_env("VIGIL_GATEWAY", "gateway"));
         gateway_env.extend(rate_env("VIGIL_GATEWAY"));
         gateway_env.extend(nats_env("VIGIL_GATEWAY", "gateway"));
+        gateway_env.push((
+            "VIGIL_GATEWAY_METRICS_LISTEN".to_owned(),
+            format!("127.0.0.1:{}", free_port()?),
+        ));
         let mut writer_env = vec![
             ("VIGIL_WRITER_DATABASE_URL".to_owned(), writer_db),
             (
@@ -313,6 +325,10 @@ impl Stack {
             ),
         ];
         writer_env.extend(nats_env("VIGIL_WRITER", "writer"));
+        writer_env.push((
+            "VIGIL_WRITER_METRICS_LISTEN".to_owned(),
+            format!("127.0.0.1:{}", free_port()?),
+        ));
         let mut reader_env = vec![
             (
                 "VIGIL_READER_LISTEN".to_owned(),
@@ -334,6 +350,10 @@ impl Stack {
         reader_env.extend(tls_env("VIGIL_READER", "reader"));
         reader_env.extend(rate_env("VIGIL_READER"));
         reader_env.extend(nats_env("VIGIL_READER", "reader"));
+        reader_env.push((
+            "VIGIL_READER_METRICS_LISTEN".to_owned(),
+            format!("127.0.0.1:{}", free_port()?),
+        ));
         let correlator_health = free_port()?;
         let correlator_metrics_port = free_port()?;
         let mut correlator_env = vec![

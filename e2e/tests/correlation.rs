@@ -187,18 +187,9 @@ async fn two_correlators_split_the_tenants_without_missing_or_doubling() -> anyh
 }
 
 async fn http_get(addr: std::net::SocketAddr) -> anyhow::Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await?;
-    Ok(body)
+    Ok(vigil_common::metrics::scrape(addr).await?)
 }
 
 fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(f64::NAN)
+    vigil_common::metrics::sample(text, name, &[]).unwrap_or(f64::NAN)
 }

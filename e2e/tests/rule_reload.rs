@@ -114,18 +114,9 @@ async fn sighup_reloads_good_rules_and_refuses_bad_ones() -> anyhow::Result<()> 
 async fn wait_for_metric(mesh: &Mesh, name: &str, value: f64) -> anyhow::Result<()> {
     let addr = mesh.correlator_metrics[0];
     wait_until(Duration::from_secs(10), name, || async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
-            return false;
-        };
-        let _ = stream.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").await;
-        let mut text = String::new();
-        let _ = stream.read_to_string(&mut text).await;
-        text.lines().any(|l| {
-            l.strip_prefix(name)
-                .and_then(|v| v.trim().parse::<f64>().ok())
-                == Some(value)
-        })
+        vigil_common::metrics::scrape(addr)
+            .await
+            .is_ok_and(|text| vigil_common::metrics::sample(&text, name, &[]) == Some(value))
     })
     .await
 }

@@ -20,6 +20,7 @@ use tower_governor::key_extractor::KeyExtractor;
 
 use crate::config::Allowlist;
 use crate::error::ApiError;
+use crate::grpc_metrics::{RpcMetrics, RpcMetricsLayer};
 use crate::identity::PeerInfo;
 use crate::tls::ServerTls;
 
@@ -43,6 +44,7 @@ pub struct Edge {
     pub allow: Arc<Allowlist>,
     rate: RateLayer,
     pub tls_reload: Duration,
+    rpc: RpcMetrics,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,12 +65,15 @@ impl Edge {
         rate: RateLimit,
         trust_domain: crate::identity::TrustDomain,
     ) -> Result<Self, EdgeError> {
+        let rpc = RpcMetrics::new();
         Ok(Self {
             listen,
             tls: ServerTls::load(tls, trust_domain)?,
             allow: Arc::new(allow),
-            rate: rate_layer(rate).ok_or(EdgeError::Rate)?,
+            rate: rate_layer(rate, rpc.refused.with_label_values(&["rate_limited"]))
+                .ok_or(EdgeError::Rate)?,
             tls_reload: TLS_RELOAD_INTERVAL,
+            rpc,
         })
     }
 }
@@ -98,9 +103,11 @@ impl KeyExtractor for IdentityKey {
 
 type RateLayer = GovernorLayer<IdentityKey, NoOpMiddleware, tonic::body::Body>;
 
-/// The layers every call passes, outermost first (see [`server`]).
-pub type EdgeLayers =
-    Stack<RateLayer, Stack<GlobalConcurrencyLimitLayer, Stack<LoadShedLayer, NoLayer>>>;
+/// The layers every call passes, outermost last (see [`server`]).
+pub type EdgeLayers = Stack<
+    RateLayer,
+    Stack<GlobalConcurrencyLimitLayer, Stack<LoadShedLayer, Stack<RpcMetricsLayer, NoLayer>>>,
+>;
 
 /// A tonic server with vigil's connection settings and [`EdgeLayers`].
 pub type VigilServer = tonic::transport::Server<Stack<EdgeLayers, NoLayer>>;
@@ -115,16 +122,17 @@ pub struct ServerLimits {
 }
 
 /// `None` when either number is 0.
-fn rate_layer(rate: RateLimit) -> Option<RateLayer> {
+fn rate_layer(rate: RateLimit, limited: prometheus::IntCounter) -> Option<RateLayer> {
     let period = 1_000_000_000u64.checked_div(u64::from(rate.per_second))?;
     let config = GovernorConfigBuilder::default()
         .period(Duration::from_nanos(period))
         .burst_size(rate.burst)
         .key_extractor(IdentityKey)
         .finish()?;
-    Some(GovernorLayer::new(config).error_handler(|error| {
+    Some(GovernorLayer::new(config).error_handler(move |error| {
         let api = match error {
             tower_governor::GovernorError::TooManyRequests { wait_time, .. } => {
+                limited.inc();
                 ApiError::ResourceExhausted {
                     reason: format!("rate limit for this identity exceeded; retry in {wait_time}s"),
                     retry_after: Duration::from_secs(wait_time.max(1)),
@@ -139,6 +147,7 @@ fn rate_layer(rate: RateLimit) -> Option<RateLayer> {
 /// A server with vigil's connection settings and the call pipeline in
 /// front of every service, ready for `add_service`. A call passes, in order:
 ///
+/// 0. metrics of every call ([`crate::grpc_metrics`]), refused ones too;
 /// 1. the TLS accept loop ([`crate::tls::incoming`]): allowlist before any
 ///    TLS byte, handshake timeout, client certificate verified, identity
 ///    parsed once per connection into [`PeerInfo`];
@@ -163,6 +172,7 @@ fn rate_layer(rate: RateLimit) -> Option<RateLayer> {
 /// timeout, the reader's statement timeout and the caller's deadline).
 pub fn server(limits: ServerLimits, edge: &Edge) -> VigilServer {
     let layers = tower::ServiceBuilder::new()
+        .layer(RpcMetricsLayer::new(edge.rpc.clone()))
         .layer(LoadShedLayer::new())
         .layer(GlobalConcurrencyLimitLayer::new(limits.in_flight))
         .layer(edge.rate.clone())
@@ -227,9 +237,15 @@ pub struct BoundEdge {
 }
 
 impl BoundEdge {
-    /// Binds the edge's listen address (port 0 picks a free one).
-    pub async fn bind(edge: Edge) -> Result<Self, crate::service::BindError> {
+    /// Binds the edge's listen address (port 0 picks a free one) and
+    /// registers its call and TLS metrics.
+    pub async fn bind(
+        edge: Edge,
+        metrics: &crate::metrics::Metrics,
+    ) -> Result<Self, crate::service::BindError> {
         let listener = crate::service::bind(edge.listen).await?;
+        edge.rpc.register(metrics);
+        edge.tls.register_metrics(metrics);
         Ok(Self { listener, edge })
     }
 

@@ -31,6 +31,7 @@ pub mod consume;
 pub mod dlq;
 pub mod error;
 pub mod grpc;
+pub mod grpc_metrics;
 pub mod identity;
 pub mod metrics;
 pub mod nats;

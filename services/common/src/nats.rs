@@ -107,3 +107,106 @@ pub async fn flush_within(client: &async_nats::Client, limit: Duration) {
         Err(_) => tracing::warn!(?limit, "nats flush on shutdown timed out"),
     }
 }
+
+/// How often [`watch_lag`] asks JetStream for consumer and stream state.
+pub const LAG_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Reports, every [`LAG_INTERVAL`] until `stop`, each of `consumers`'
+/// state from consumer info (`(stream, consumer)`, as the service's NATS
+/// user may read them) and each of `streams`' depth from stream info, as
+/// `vigil_nats_consumer_pending_messages`, `..._ack_pending_messages`,
+/// `..._redelivered_messages`, `..._delivered_stream_sequence` and
+/// `vigil_nats_stream_messages`. A failed read leaves the last value and
+/// counts `vigil_nats_info_failures_total`.
+pub fn watch_lag(
+    js: async_nats::jetstream::Context,
+    consumers: Vec<(String, String)>,
+    streams: Vec<String>,
+    metrics: &crate::metrics::Metrics,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    use crate::metrics::{counter, gauge_vec};
+    let labels = &["stream", "consumer"];
+    let pending = gauge_vec(
+        "vigil_nats_consumer_pending_messages",
+        "Messages on the stream not yet delivered to the consumer (consumer info num_pending).",
+        labels,
+    );
+    let ack_pending = gauge_vec(
+        "vigil_nats_consumer_ack_pending_messages",
+        "Messages delivered to the consumer and not yet acknowledged.",
+        labels,
+    );
+    let redelivered = gauge_vec(
+        "vigil_nats_consumer_redelivered_messages",
+        "Messages delivered more than once and not yet acknowledged.",
+        labels,
+    );
+    let delivered = gauge_vec(
+        "vigil_nats_consumer_delivered_stream_sequence",
+        "Stream sequence of the last message delivered to the consumer.",
+        labels,
+    );
+    let depth = gauge_vec(
+        "vigil_nats_stream_messages",
+        "Messages stored in the stream (DLQ depth for DLQ).",
+        &["stream"],
+    );
+    let failures = counter(
+        "vigil_nats_info_failures_total",
+        "Consumer or stream info requests that failed (the last values stay).",
+    );
+    for m in [&pending, &ack_pending, &redelivered, &delivered] {
+        metrics.register(m.clone());
+    }
+    metrics.register(depth.clone());
+    metrics.register(failures.clone());
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(LAG_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            for (stream, consumer) in &consumers {
+                let got = tokio::time::timeout(
+                    crate::readiness::PROBE_TIMEOUT,
+                    js.get_consumer_from_stream::<async_nats::jetstream::consumer::pull::Config, _, _>(
+                        consumer.as_str(),
+                        stream.as_str(),
+                    ),
+                )
+                .await;
+                let Ok(Ok(c)) = got else {
+                    failures.inc();
+                    continue;
+                };
+                let info = c.cached_info();
+                let l = &[stream.as_str(), consumer.as_str()];
+                pending.with_label_values(l).set(info.num_pending as f64);
+                ack_pending
+                    .with_label_values(l)
+                    .set(info.num_ack_pending as f64);
+                redelivered
+                    .with_label_values(l)
+                    .set(info.num_redelivered as f64);
+                delivered
+                    .with_label_values(l)
+                    .set(info.delivered.stream_sequence as f64);
+            }
+            for stream in &streams {
+                let got =
+                    tokio::time::timeout(crate::readiness::PROBE_TIMEOUT, js.get_stream(stream))
+                        .await;
+                let Ok(Ok(s)) = got else {
+                    failures.inc();
+                    continue;
+                };
+                depth
+                    .with_label_values(&[stream.as_str()])
+                    .set(s.cached_info().state.messages as f64);
+            }
+        }
+    })
+}

@@ -101,6 +101,11 @@ impl Readiness {
         self.with_state(|s| s.serving())
     }
 
+    /// Every declared dependency and whether it is up.
+    pub fn dependencies(&self) -> Vec<(&'static str, bool)> {
+        self.with_state(|s| s.dependencies.iter().map(|(n, up)| (*n, *up)).collect())
+    }
+
     /// The dependencies that are down.
     pub fn down(&self) -> Vec<&'static str> {
         self.with_state(|s| {

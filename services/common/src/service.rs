@@ -5,14 +5,15 @@
 //!    [`crate::settings`]);
 //! 2. start logging;
 //! 3. [`launch`]: load the settings (every problem reported at once, exit
-//!    [`EXIT_CONFIG`]), bind the health port (NOT_SERVING), then
-//!    [`Service::build`]: bind the other sockets, connect, declare the hard
-//!    dependencies;
+//!    [`EXIT_CONFIG`]), bind the health port (NOT_SERVING) and the metrics
+//!    port (`GET /metrics`, [`crate::metrics`]), then [`Service::build`]:
+//!    bind the other sockets, connect, declare the hard dependencies,
+//!    register the service's metrics;
 //! 4. log every bound address;
 //! 5. [`Launched::run_until_stopped`]: SERVING while every dependency is
 //!    up; on SIGINT/SIGTERM NOT_SERVING first, then the service drains
-//!    (bounded by [`crate::shutdown::GRACE_PERIOD`]), and the health port
-//!    answers until the very end;
+//!    (bounded by [`crate::shutdown::GRACE_PERIOD`]), and the health and
+//!    metrics ports answer until the very end;
 //! 6. exit 0, or [`EXIT_FAILURE`] if start-up or the service failed.
 
 use std::future::Future;
@@ -24,6 +25,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::InvalidConfig;
+use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 use crate::settings::{Names, RunArgs};
 
@@ -72,10 +74,12 @@ pub trait Service: Sized + Send + 'static {
     type Error: std::error::Error + Send + Sync + 'static;
 
     /// Binds the service's sockets (port 0 picks a free one), connects,
-    /// and declares its hard dependencies on `readiness`.
+    /// declares its hard dependencies on `readiness` and registers its
+    /// metrics on `metrics`.
     fn build(
         loaded: Loaded<Self>,
         readiness: &Readiness,
+        metrics: &Metrics,
     ) -> impl Future<Output = Result<Self, Self::Error>> + Send;
 
     /// Every address the service listens on, by name.
@@ -115,13 +119,17 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
         .map_err(|source| BindError { addr, source })
 }
 
-/// A service built and bound, its health port answering, not yet running.
+/// A service built and bound, its health and metrics ports answering, not
+/// yet running.
 pub struct Launched<S: Service> {
     service: S,
     readiness: Readiness,
+    metrics: Metrics,
     health_addr: SocketAddr,
+    metrics_addr: SocketAddr,
     health_stop: CancellationToken,
     health_task: tokio::task::JoinHandle<()>,
+    metrics_task: tokio::task::JoinHandle<()>,
 }
 
 /// Steps 3 of the lifecycle: load, bind health, build.
@@ -141,10 +149,22 @@ pub async fn launch<S: Service>(
         addr: run.health_listen,
         source,
     })?;
+    let metrics_listener = bind(run.metrics_listen).await?;
+    let metrics_addr = metrics_listener.local_addr().map_err(|source| BindError {
+        addr: run.metrics_listen,
+        source,
+    })?;
     let health_stop = CancellationToken::new();
     let (readiness, health_task) =
         crate::readiness::serve(S::HEALTH_SERVICE, health, health_stop.clone());
-    let service = match S::build(loaded, &readiness).await {
+    let metrics = Metrics::for_service(S::NAME);
+    metrics.report_readiness(&readiness);
+    let metrics_task = tokio::spawn(crate::metrics::serve(
+        metrics_listener,
+        metrics.clone(),
+        health_stop.clone(),
+    ));
+    let service = match S::build(loaded, &readiness, &metrics).await {
         Ok(s) => s,
         Err(e) => {
             health_stop.cancel();
@@ -154,9 +174,12 @@ pub async fn launch<S: Service>(
     Ok(Launched {
         service,
         readiness,
+        metrics,
         health_addr,
+        metrics_addr,
         health_stop,
         health_task,
+        metrics_task,
     })
 }
 
@@ -170,10 +193,21 @@ impl<S: Service> Launched<S> {
         self.health_addr
     }
 
-    /// Every bound address, health included.
+    /// The plaintext Prometheus address (`GET /metrics`).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
+    }
+
+    /// The service's metrics, as `/metrics` renders them.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Every bound address, health and metrics included.
     pub fn addresses(&self) -> Vec<(&'static str, SocketAddr)> {
         let mut all = self.service.addresses();
         all.push(("health", self.health_addr));
+        all.push(("metrics", self.metrics_addr));
         all
     }
 
@@ -184,6 +218,7 @@ impl<S: Service> Launched<S> {
             readiness,
             health_stop,
             health_task,
+            metrics_task,
             ..
         } = self;
         // The service drains on its own token, cancelled only once the
@@ -204,6 +239,7 @@ impl<S: Service> Launched<S> {
         watcher.abort();
         health_stop.cancel();
         let _ = health_task.await;
+        let _ = metrics_task.await;
         result
     }
 }

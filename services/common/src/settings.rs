@@ -29,6 +29,7 @@ use crate::config::{Allowlist, ConfigErrors, NatsSettings, ServerTlsFiles};
 pub mod key {
     pub const LISTEN: &str = "LISTEN";
     pub const HEALTH_LISTEN: &str = "HEALTH_LISTEN";
+    pub const METRICS_LISTEN: &str = "METRICS_LISTEN";
     pub const INSECURE_DEV: &str = "INSECURE_DEV";
     pub const TLS_CERT: &str = "TLS_CERT";
     pub const TLS_KEY: &str = "TLS_KEY";
@@ -109,6 +110,9 @@ pub struct RunArgs {
     /// present a client certificate).
     #[arg(long, env = key::HEALTH_LISTEN, default_value = "127.0.0.1:0")]
     pub health_listen: SocketAddr,
+    /// Address of the plaintext Prometheus listener (`GET /metrics`).
+    #[arg(long, env = key::METRICS_LISTEN, default_value = "127.0.0.1:0")]
+    pub metrics_listen: SocketAddr,
     /// Allow insecure settings (a wildcard allowlist, Postgres without TLS);
     /// for development only, and said so at start-up.
     #[arg(long, env = key::INSECURE_DEV)]

@@ -219,6 +219,66 @@ pub struct ServerTls {
     next_id: AtomicU64,
     /// Changed files that were refused (each broken version once).
     reload_failures: AtomicU64,
+    metrics: TlsMetrics,
+}
+
+/// What a listener's TLS reports on `/metrics`.
+#[derive(Clone)]
+struct TlsMetrics {
+    /// Connections refused before or during the handshake, by reason.
+    refused: prometheus::IntCounterVec,
+    /// `notAfter` of the served certificate.
+    expiry: prometheus::Gauge,
+    reload_failures: prometheus::IntCounter,
+}
+
+impl TlsMetrics {
+    fn new() -> Self {
+        use crate::metrics::{counter, counter_vec, gauge};
+        Self {
+            refused: counter_vec(
+                "vigil_tls_handshake_failures_total",
+                "Connections refused before or during the TLS handshake, by reason (not_allowed, timeout, no_certificate, unknown_ca, expired, not_yet_valid, revoked, bad_identity, bad_certificate, protocol).",
+                &["reason"],
+            ),
+            expiry: gauge(
+                "vigil_tls_certificate_expiry_timestamp_seconds",
+                "notAfter of the certificate this listener serves, since the Unix epoch.",
+            ),
+            reload_failures: counter(
+                "vigil_tls_reload_failures_total",
+                "Changed TLS files that were refused (the running material stayed).",
+            ),
+        }
+    }
+}
+
+/// The bounded reason label of a failed handshake.
+fn refusal_reason(error: &std::io::Error) -> &'static str {
+    use rustls::CertificateError as C;
+    match error
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::NoCertificatesPresented) => "no_certificate",
+        Some(rustls::Error::InvalidCertificate(c)) => match c {
+            C::UnknownIssuer | C::BadSignature => "unknown_ca",
+            C::Expired | C::ExpiredContext { .. } => "expired",
+            C::NotValidYet | C::NotValidYetContext { .. } => "not_yet_valid",
+            C::Revoked => "revoked",
+            _ => "bad_certificate",
+        },
+        // vigil's own check: exactly one well-formed URI SAN.
+        Some(rustls::Error::General(_)) => "bad_identity",
+        _ => "protocol",
+    }
+}
+
+/// `notAfter` of the first certificate in `path`, in Unix seconds.
+fn not_after(path: &Path) -> Option<i64> {
+    let certs = load_certs(path).ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(certs.first()?.as_ref()).ok()?;
+    Some(cert.validity().not_after.timestamp())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -239,7 +299,32 @@ impl ServerTls {
             live: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
             reload_failures: AtomicU64::new(0),
+            metrics: {
+                let metrics = TlsMetrics::new();
+                metrics
+                    .expiry
+                    .set(not_after(&files.cert).unwrap_or_default() as f64);
+                metrics
+            },
         }))
+    }
+
+    /// Registers the listener's TLS metrics, and `vigil_tls_connections`.
+    pub fn register_metrics(self: &Arc<Self>, metrics: &crate::metrics::Metrics) {
+        metrics.register(self.metrics.refused.clone());
+        metrics.register(self.metrics.expiry.clone());
+        metrics.register(self.metrics.reload_failures.clone());
+        let open = crate::metrics::gauge(
+            "vigil_tls_connections",
+            "Verified client connections open now.",
+        );
+        metrics.register(open.clone());
+        let tls = Arc::downgrade(self);
+        metrics.on_scrape(move || {
+            if let Some(tls) = tls.upgrade() {
+                open.set(tls.live_connections() as f64);
+            }
+        });
     }
 
     /// The rustls config new handshakes use.
@@ -278,6 +363,7 @@ impl ServerTls {
             Err(e) => {
                 *lock(&self.failed) = Some(snapshot);
                 self.reload_failures.fetch_add(1, Ordering::Relaxed);
+                self.metrics.reload_failures.inc();
                 return Err(e);
             }
         };
@@ -287,6 +373,9 @@ impl ServerTls {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(material);
         *lock(&self.loaded) = snapshot;
         *lock(&self.failed) = None;
+        self.metrics
+            .expiry
+            .set(not_after(&self.files.cert).unwrap_or_default() as f64);
         Ok(Reload::Reloaded {
             cut: self.recheck_live(),
         })
@@ -496,6 +585,10 @@ pub fn incoming(
                 }
             };
             if !allow.permits(remote_addr.ip()) {
+                tls.metrics
+                    .refused
+                    .with_label_values(&["not_allowed"])
+                    .inc();
                 tracing::warn!(%remote_addr, "connection refused: address not in the allowlist");
                 drop(tcp);
                 continue;
@@ -534,8 +627,15 @@ pub fn incoming(
                             }))
                             .await;
                     }
-                    Ok(Err(error)) => tracing::info!(%remote_addr, %error, "tls handshake refused"),
-                    Err(_) => tracing::info!(%remote_addr, "tls handshake timed out"),
+                    Ok(Err(error)) => {
+                        let reason = refusal_reason(&error);
+                        tls.metrics.refused.with_label_values(&[reason]).inc();
+                        tracing::info!(%remote_addr, %error, reason, "tls handshake refused");
+                    }
+                    Err(_) => {
+                        tls.metrics.refused.with_label_values(&["timeout"]).inc();
+                        tracing::info!(%remote_addr, "tls handshake timed out");
+                    }
                 }
             });
         }

@@ -26,10 +26,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use vigil_common::config::{ConfigErrors, InvalidConfig, NatsSettings};
 use vigil_common::consume::Batching;
+use vigil_common::metrics::Metrics;
 use vigil_common::readiness::Readiness;
 use vigil_common::service::{Service, ServiceConfig};
 use vigil_common::settings::{BatchArgs, Names, NatsArgs, RunArgs, key};
@@ -68,9 +68,6 @@ pub struct Config {
     /// With no events for this long, event time advances with wall time.
     #[arg(long, env = "IDLE_TIMEOUT_MS", default_value_t = 10_000)]
     pub idle_timeout_ms: u64,
-    /// Prometheus `/metrics`.
-    #[arg(long, env = "METRICS_LISTEN", default_value = "127.0.0.1:4465")]
-    pub metrics_listen: SocketAddr,
 }
 
 /// The correlator's settings, checked and loaded.
@@ -83,7 +80,6 @@ pub struct Loaded {
     partitions: u32,
     settings: engine::Settings,
     idle_timeout: Duration,
-    metrics_listen: SocketAddr,
 }
 
 impl ServiceConfig for Config {
@@ -130,7 +126,6 @@ impl ServiceConfig for Config {
                     max_keys: self.max_keys,
                 },
                 idle_timeout: Duration::from_millis(self.idle_timeout_ms),
-                metrics_listen: self.metrics_listen,
             }),
             _ => None,
         };
@@ -143,7 +138,6 @@ impl ServiceConfig for Config {
 pub struct Correlator {
     worker: service::Worker,
     nats: async_nats::Client,
-    metrics_listener: TcpListener,
     /// Stops the bucket probe once the correlator has stopped.
     probes: CancellationToken,
     /// Stops the consumer's pull task.
@@ -154,15 +148,20 @@ impl Service for Correlator {
     const NAME: &'static str = "correlator";
     const ABOUT: &'static str = "vigil correlator: event-time detection rules over EVENTS";
     const HEALTH_SERVICE: &'static str = "vigil.correlator";
-    const DEFAULTS: &'static [(&'static str, &'static str)] =
-        &[(key::HEALTH_LISTEN, "127.0.0.1:4464")];
+    const DEFAULTS: &'static [(&'static str, &'static str)] = &[
+        (key::HEALTH_LISTEN, "127.0.0.1:4464"),
+        (key::METRICS_LISTEN, "127.0.0.1:4465"),
+    ];
     type Config = Config;
     type Error = CorrelatorError;
 
     /// Connects, opens the partition's consumer and the bucket, restores
     /// the checkpoint.
-    async fn build(loaded: Loaded, readiness: &Readiness) -> Result<Self, CorrelatorError> {
-        let metrics_listener = vigil_common::service::bind(loaded.metrics_listen).await?;
+    async fn build(
+        loaded: Loaded,
+        readiness: &Readiness,
+        metrics: &Metrics,
+    ) -> Result<Self, CorrelatorError> {
         let nats =
             vigil_common::nats::connect_ready(&loaded.nats, "vigil-correlator", readiness).await?;
         let js = jetstream::new(nats.clone());
@@ -242,6 +241,15 @@ impl Service for Correlator {
         let bucket_ready = readiness.dependency("kv");
         let probes = CancellationToken::new();
         bucket_ready.up();
+        let counters = Arc::new(metrics::Counters::new());
+        counters.register(metrics);
+        vigil_common::nats::watch_lag(
+            js.clone(),
+            vec![(subjects::EVENTS_STREAM.to_owned(), name.clone())],
+            Vec::new(),
+            metrics,
+            probes.clone(),
+        );
         {
             // `kv::Store::status` answers from a cache; ask the server.
             let js = js.clone();
@@ -262,39 +270,28 @@ impl Service for Correlator {
                 source,
                 slots,
                 next_delivery: 1,
-                counters: Arc::new(metrics::Counters::default()),
+                counters,
                 bucket_ready,
                 last_arrival: std::collections::HashMap::new(),
                 started: Instant::now(),
             },
             nats,
-            metrics_listener,
             probes,
             shutdown,
         })
     }
 
     fn addresses(&self) -> Vec<(&'static str, SocketAddr)> {
-        self.metrics_listener
-            .local_addr()
-            .map(|a| vec![("metrics", a)])
-            .unwrap_or_default()
+        Vec::new()
     }
 
     async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), CorrelatorError> {
         let Correlator {
             worker,
             nats,
-            metrics_listener,
             probes,
             shutdown: pulling,
         } = self;
-        let counters = worker.counters.clone();
-        let metrics_task = tokio::spawn(vigil_common::metrics::serve(
-            metrics_listener,
-            shutdown.clone(),
-            move || counters.render(),
-        ));
         let outcome = worker.run(shutdown.clone()).await;
         pulling.cancel();
         // An unreadable checkpoint stops the loop but not the signal: stop
@@ -302,7 +299,6 @@ impl Service for Correlator {
         shutdown.cancel();
         vigil_common::nats::flush_within(&nats, vigil_common::shutdown::FLUSH_LIMIT).await;
         probes.cancel();
-        let _ = metrics_task.await;
         outcome
     }
 }

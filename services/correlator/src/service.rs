@@ -26,7 +26,6 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, message::PublishMessage};
@@ -297,7 +296,7 @@ impl Worker {
             match self.source.seek(start).await {
                 Ok(batches) => {
                     self.next_delivery = 1;
-                    self.counters.seeks.fetch_add(1, Ordering::Relaxed);
+                    self.counters.seeks.inc();
                     tracing::info!(start, "consuming EVENTS from stream sequence");
                     return Some(batches);
                 }
@@ -321,13 +320,11 @@ impl Worker {
                 for slot in &mut self.slots {
                     slot.engine.replace_rules(rules.clone());
                 }
-                self.counters.rule_reloads.fetch_add(1, Ordering::Relaxed);
+                self.counters.rule_reloads.inc();
             }
             Err(error) => {
                 tracing::error!(%error, "rules file refused; the running rules stay in force");
-                self.counters
-                    .rule_reload_failures
-                    .fetch_add(1, Ordering::Relaxed);
+                self.counters.rule_reload_failures.inc();
             }
         }
     }
@@ -386,7 +383,9 @@ impl Worker {
                 break;
             };
             let (stream_seq, delivery) = (info.stream_sequence, info.consumer_sequence);
-            self.counters.behind.store(info.pending, Ordering::Relaxed);
+            self.counters
+                .behind
+                .set(i64::try_from(info.pending).unwrap_or(i64::MAX));
             let ix = subjects::slot_of_subject(&message.subject)
                 .and_then(|s| self.slots.iter().position(|slot| slot.slot == s));
             let absorbed = ix.is_none_or(|i| stream_seq <= self.slots[i].position);
@@ -406,7 +405,7 @@ impl Worker {
             let Some(i) = ix else {
                 // Not one of this partition's slots (the consumer's filter
                 // should have kept it away): nothing to correlate.
-                self.counters.foreign.fetch_add(1, Ordering::Relaxed);
+                self.counters.foreign.inc();
                 continue;
             };
             if absorbed {
@@ -417,7 +416,7 @@ impl Worker {
             slot.dirty = true;
             let Ok(batch) = EventBatch::decode(message.payload.as_ref()) else {
                 // The writer dead-letters it; nothing to correlate.
-                self.counters.undecodable.fetch_add(1, Ordering::Relaxed);
+                self.counters.undecodable.inc();
                 continue;
             };
             let now = Instant::now();
@@ -432,7 +431,7 @@ impl Worker {
                         self.last_arrival.insert(tenant.to_owned(), now);
                     }
                 }
-                self.counters.events.fetch_add(1, Ordering::Relaxed);
+                self.counters.events.inc();
                 let found = slot.engine.ingest(tenant, event);
                 slot.findings.extend(found);
             }
@@ -491,7 +490,6 @@ impl Worker {
     /// checkpoint, and the next start resumes from the checkpoint).
     async fn commit(&mut self, shutdown: &CancellationToken, idle: bool) -> bool {
         let started = Instant::now();
-        let mut published = 0;
         for i in 0..self.slots.len() {
             if !self.slots[i].due(idle) {
                 continue;
@@ -503,9 +501,7 @@ impl Worker {
                 match self.try_commit(i, &findings, &delta).await {
                     Ok(()) => break,
                     Err(error) => {
-                        self.counters
-                            .commit_failures
-                            .fetch_add(1, Ordering::Relaxed);
+                        self.counters.commit_failures.inc();
                         tracing::warn!(%error, slot = self.slots[i].slot, retry_in = ?pause, "commit failed; retrying it");
                     }
                 }
@@ -515,13 +511,18 @@ impl Worker {
                 }
                 pause = (pause * 2).min(RETRY.1);
             }
-            published += findings.len();
+            for f in &findings {
+                self.counters
+                    .findings
+                    .with_label_values(&[f.rule_id.as_str()])
+                    .inc();
+            }
             let slot = &mut self.slots[i];
             slot.dirty = false;
             slot.committed = Some(slot.position);
         }
         self.bucket_ready.set(true);
-        self.report(published, started.elapsed());
+        self.report(started.elapsed());
         true
     }
 
@@ -558,7 +559,7 @@ impl Worker {
                 .await;
             self.bucket_ready.set(bytes.is_ok());
             let bytes = bytes?;
-            c.snapshots.fetch_add(1, Ordering::Relaxed);
+            c.snapshots.inc();
             slot.state_bytes = bytes;
             bytes
         } else {
@@ -566,29 +567,25 @@ impl Worker {
             self.bucket_ready.set(bytes.is_ok());
             bytes?
         };
-        c.checkpoint_bytes.store(written, Ordering::Relaxed);
+        c.checkpoint_bytes
+            .set(i64::try_from(written).unwrap_or(i64::MAX));
         Ok(())
     }
 
     /// Updates the metrics after a commit.
-    fn report(&self, findings: usize, took: Duration) {
+    fn report(&self, took: Duration) {
         let c = &self.counters;
         let sum = |f: &dyn Fn(&Slot) -> u64| self.slots.iter().map(f).sum::<u64>();
-        c.findings.fetch_add(findings as u64, Ordering::Relaxed);
-        c.late_events
-            .store(sum(&|s| s.engine.global().late_events), Ordering::Relaxed);
-        c.dropped_late_events.store(
+        let int = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        Counters::raise_to(&c.late_events, sum(&|s| s.engine.global().late_events));
+        Counters::raise_to(
+            &c.dropped_late_events,
             sum(&|s| s.engine.global().dropped_late_events),
-            Ordering::Relaxed,
         );
-        c.evicted_keys
-            .store(sum(&|s| s.engine.global().evicted_keys), Ordering::Relaxed);
-        c.live_keys.store(
-            sum(&|s| s.engine.state().live_keys() as u64),
-            Ordering::Relaxed,
-        );
-        c.state_bytes
-            .store(sum(&|s| s.state_bytes), Ordering::Relaxed);
+        Counters::raise_to(&c.evicted_keys, sum(&|s| s.engine.global().evicted_keys));
+        c.live_keys
+            .set(int(sum(&|s| s.engine.state().live_keys() as u64)));
+        c.state_bytes.set(int(sum(&|s| s.state_bytes)));
         let watermark = self
             .slots
             .iter()
@@ -596,13 +593,9 @@ impl Worker {
             .filter(|w| *w > 0)
             .min()
             .unwrap_or(0);
-        c.watermark_ms.store(watermark, Ordering::Relaxed);
-        c.position
-            .store(self.resume_at().saturating_sub(1), Ordering::Relaxed);
-        c.commit_micros.store(
-            u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
+        c.watermark_ms.set(watermark);
+        c.position.set(int(self.resume_at().saturating_sub(1)));
+        c.commit_duration.observe(took.as_secs_f64());
     }
 }
 

@@ -15,6 +15,7 @@
 
 pub mod attributes;
 pub mod catalogue;
+pub mod metrics;
 pub mod pseudonym;
 pub mod publish;
 pub mod service;
@@ -27,6 +28,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use vigil_common::config::{ConfigErrors, InvalidConfig, NatsSettings};
 use vigil_common::grpc::{BoundEdge, Edge, ServerLimits};
+use vigil_common::metrics::Metrics;
 use vigil_common::readiness::Readiness;
 use vigil_common::service::{BindError, Service, ServiceConfig};
 use vigil_common::settings::{EdgeArgs, Names, NatsArgs, RunArgs, key};
@@ -170,16 +172,23 @@ impl Service for Gateway {
     const DEFAULTS: &'static [(&'static str, &'static str)] = &[
         (key::LISTEN, "127.0.0.1:4443"),
         (key::HEALTH_LISTEN, "127.0.0.1:4444"),
+        (key::METRICS_LISTEN, "127.0.0.1:4447"),
         (key::RATE_PER_SEC, "200"),
         (key::RATE_BURST, "400"),
     ];
     type Config = Config;
     type Error = GatewayError;
 
-    async fn build(loaded: Loaded, readiness: &Readiness) -> Result<Self, GatewayError> {
+    async fn build(
+        loaded: Loaded,
+        readiness: &Readiness,
+        metrics: &Metrics,
+    ) -> Result<Self, GatewayError> {
         // Parse the compiled OCSF schema now, not on the first event.
         let _ = vigil_ocsf::schema();
-        let edge = BoundEdge::bind(loaded.edge).await?;
+        let edge = BoundEdge::bind(loaded.edge, metrics).await?;
+        let gateway_metrics = crate::metrics::GatewayMetrics::new();
+        gateway_metrics.register(metrics);
         // Ready only while connected to NATS: a publish could not be made
         // durable otherwise.
         let nats =
@@ -192,6 +201,7 @@ impl Service for Gateway {
             loaded.max_batch_events,
             loaded.publish_timeout,
             loaded.pseudonymiser,
+            gateway_metrics,
         );
         Ok(Gateway { edge, nats, api })
     }

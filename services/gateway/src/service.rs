@@ -32,6 +32,7 @@ struct Inner {
     max_batch_events: usize,
     publish_timeout: Duration,
     pseudonyms: Option<crate::pseudonym::Pseudonymiser>,
+    metrics: crate::metrics::GatewayMetrics,
 }
 
 /// What one batch came to.
@@ -47,6 +48,7 @@ impl IngestApi {
         max_batch_events: usize,
         publish_timeout: Duration,
         pseudonyms: Option<crate::pseudonym::Pseudonymiser>,
+        metrics: crate::metrics::GatewayMetrics,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -55,6 +57,7 @@ impl IngestApi {
                 max_batch_events,
                 publish_timeout,
                 pseudonyms,
+                metrics,
             }),
         }
     }
@@ -81,6 +84,8 @@ impl IngestApi {
                 ),
             ));
         }
+        let metrics = &inner.metrics;
+        metrics.batch_events.observe(events.len() as f64);
         let now = vigil_common::now_millis();
         let mut seen = HashSet::with_capacity(events.len());
         let mut accepted = Vec::with_capacity(events.len());
@@ -100,19 +105,60 @@ impl IngestApi {
                         repeats += 1;
                     }
                 }
-                Err(refusal) => rejected.push(Rejection {
-                    index: u32::try_from(index).unwrap_or(u32::MAX),
-                    event_id: sent_id,
-                    code: refusal.code as i32,
-                    field: refusal.field.to_owned(),
-                    reason: refusal.reason,
-                }),
+                Err(refusal) => {
+                    metrics
+                        .events
+                        .with_label_values(&["rejected", refusal.code.as_str_name()])
+                        .inc();
+                    rejected.push(Rejection {
+                        index: u32::try_from(index).unwrap_or(u32::MAX),
+                        event_id: sent_id,
+                        code: refusal.code as i32,
+                        field: refusal.field.to_owned(),
+                        reason: refusal.reason,
+                    })
+                }
             }
         }
         let count = u32::try_from(accepted.len()).unwrap_or(u32::MAX) + repeats;
         if !accepted.is_empty() {
-            publish::publish_all(&inner.js, publish::group(accepted), inner.publish_timeout)
-                .await?;
+            let valid = accepted.len() as u64;
+            let batches = publish::group(accepted);
+            let messages = batches.len() as u64;
+            let start = std::time::Instant::now();
+            let published = publish::publish_all(&inner.js, batches, inner.publish_timeout).await;
+            let result = match &published {
+                Ok(()) => "ok",
+                Err(ApiError::ResourceExhausted { .. }) => "store_full",
+                Err(_) => "unavailable",
+            };
+            metrics
+                .publish_duration
+                .with_label_values(&[result])
+                .observe(start.elapsed().as_secs_f64());
+            if let Err(error) = published {
+                metrics
+                    .published_messages
+                    .with_label_values(&["failed"])
+                    .inc_by(messages);
+                metrics
+                    .events
+                    .with_label_values(&["unavailable", result])
+                    .inc_by(valid + u64::from(repeats));
+                return Err(error);
+            }
+            metrics
+                .published_messages
+                .with_label_values(&["ok"])
+                .inc_by(messages);
+            metrics
+                .events
+                .with_label_values(&["accepted", ""])
+                .inc_by(valid);
+            metrics
+                .events
+                .with_label_values(&["duplicate", ""])
+                .inc_by(u64::from(repeats));
         }
         tracing::debug!(tenant = %device.tenant, device = %device.device, accepted = count, rejected = rejected.len(), "batch ingested");
         Ok(Outcome {

@@ -23,6 +23,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use vigil_common::config::{ConfigErrors, InvalidConfig, NatsSettings};
 use vigil_common::grpc::{BoundEdge, Edge, ServerLimits};
+use vigil_common::metrics::Metrics;
 use vigil_common::policy::{LivePolicy, Policy};
 use vigil_common::postgres::PostgresSettings;
 use vigil_common::readiness::Readiness;
@@ -169,13 +170,18 @@ impl Service for Reader {
     const DEFAULTS: &'static [(&'static str, &'static str)] = &[
         (key::LISTEN, "127.0.0.1:4445"),
         (key::HEALTH_LISTEN, "127.0.0.1:4446"),
+        (key::METRICS_LISTEN, "127.0.0.1:4448"),
         (key::DATABASE_MAX_CONNECTIONS, "8"),
     ];
     type Config = Config;
     type Error = ReaderError;
 
-    async fn build(loaded: Loaded, readiness: &Readiness) -> Result<Self, ReaderError> {
-        let edge = BoundEdge::bind(loaded.edge).await?;
+    async fn build(
+        loaded: Loaded,
+        readiness: &Readiness,
+        metrics: &Metrics,
+    ) -> Result<Self, ReaderError> {
+        let edge = BoundEdge::bind(loaded.edge, metrics).await?;
         let timeout_ms = loaded.query_timeout.as_millis().to_string();
         // Postgres itself cancels a query that runs too long.
         let probes = CancellationToken::new();

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use vigil_common::readiness::Dependency;
 use vigil_common::subjects::{self, WRITER_CONSUMER, dlq_headers};
 
+use crate::metrics::WriterMetrics;
 use crate::store::{Record, Sink, Store};
 
 /// How the writer treats a batch; see the module docs.
@@ -40,6 +41,7 @@ pub struct Delivery {
     pub sink: Sink,
     /// Readiness: Postgres is down while an insert cannot reach it.
     pub postgres: Dependency,
+    pub metrics: WriterMetrics,
 }
 
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
@@ -77,6 +79,55 @@ impl Delivery {
         Self { sink, ..self }
     }
 
+    /// One insert transaction, measured.
+    async fn insert(&self, rows: &[Record]) -> Result<u64, sqlx::Error> {
+        let start = std::time::Instant::now();
+        let result = self.store.insert(rows).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) if is_data_error(e) => "refused",
+            Err(e) if is_conflict(e) => "conflict",
+            Err(_) => "unavailable",
+        };
+        let table = self.sink.table();
+        self.metrics
+            .insert_duration
+            .with_label_values(&[table, outcome])
+            .observe(start.elapsed().as_secs_f64());
+        if let Ok(inserted) = &result {
+            let offered = rows.len() as u64;
+            self.metrics
+                .rows
+                .with_label_values(&[table, "inserted"])
+                .inc_by(*inserted);
+            self.metrics
+                .rows
+                .with_label_values(&[table, "duplicate"])
+                .inc_by(offered.saturating_sub(*inserted));
+            self.metrics
+                .batch_rows
+                .with_label_values(&[table])
+                .observe(offered as f64);
+            let now = vigil_common::now_millis();
+            for row in rows {
+                if let Record::Event(event) = row {
+                    let delay = now - event.logged_time.timestamp_millis();
+                    self.metrics
+                        .ingest_to_commit
+                        .observe(delay.max(0) as f64 / 1000.0);
+                }
+            }
+        }
+        result
+    }
+
+    fn count(&self, result: &str, messages: usize) {
+        self.metrics
+            .messages
+            .with_label_values(&[self.sink.stream(), result])
+            .inc_by(messages as u64);
+    }
+
     /// Stores what can be stored, acks it after commit, and routes the rest.
     /// Returns once every message is acked, naked or dead-lettered, or on
     /// shutdown (then unacked messages are redelivered later).
@@ -97,7 +148,7 @@ impl Delivery {
             .collect();
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self.store.insert(&rows).await {
+            match self.insert(&rows).await {
                 Ok(inserted) => {
                     tracing::debug!(
                         messages = decoded.len(),
@@ -109,6 +160,7 @@ impl Delivery {
                     for d in &decoded {
                         ack(&d.message).await;
                     }
+                    self.count("committed", decoded.len());
                     return;
                 }
                 Err(error) if is_data_error(&error) => {
@@ -145,8 +197,11 @@ impl Delivery {
     /// The batch had a poison message: store each message on its own.
     async fn isolate(&self, decoded: Vec<Decoded>) {
         for d in decoded {
-            match self.store.insert(&d.rows).await {
-                Ok(_) => ack(&d.message).await,
+            match self.insert(&d.rows).await {
+                Ok(_) => {
+                    ack(&d.message).await;
+                    self.count("committed", 1);
+                }
                 Err(error) if is_data_error(&error) => {
                     self.poison(&d.message, &format!("postgres refused: {error}"))
                         .await
@@ -179,6 +234,7 @@ impl Delivery {
                 .min(MAX_RETRY_DELAY);
             tracing::warn!(subject = %message.subject, stream_sequence, deliveries, reason, retry_in = ?delay, "message cannot be stored; will retry");
             let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+            self.count("retried", 1);
             return;
         }
         match self
@@ -188,6 +244,7 @@ impl Delivery {
             Ok(()) => {
                 tracing::error!(subject = %message.subject, stream_sequence, deliveries, reason, "message dead-lettered");
                 ack(message).await;
+                self.count("dead_lettered", 1);
             }
             Err(error) => {
                 tracing::error!(%error, stream_sequence, "cannot dead-letter; will retry");

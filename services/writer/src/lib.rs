@@ -16,6 +16,7 @@
 
 pub mod copy;
 pub mod deliver;
+pub mod metrics;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -27,6 +28,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use vigil_common::config::{ConfigErrors, InvalidConfig, NatsSettings};
 use vigil_common::consume::Batching;
+use vigil_common::metrics::Metrics;
 use vigil_common::postgres::PostgresSettings;
 use vigil_common::readiness::Readiness;
 use vigil_common::service::{Service, ServiceConfig};
@@ -143,13 +145,18 @@ impl Service for Writer {
     const HEALTH_SERVICE: &'static str = "vigil.writer";
     const DEFAULTS: &'static [(&'static str, &'static str)] = &[
         (key::HEALTH_LISTEN, "127.0.0.1:4454"),
+        (key::METRICS_LISTEN, "127.0.0.1:4455"),
         (key::DATABASE_MAX_CONNECTIONS, "8"),
     ];
     type Config = Config;
     type Error = WriterError;
 
     /// Connects to Postgres and NATS and opens the durable consumers.
-    async fn build(loaded: Loaded, readiness: &Readiness) -> Result<Self, WriterError> {
+    async fn build(
+        loaded: Loaded,
+        readiness: &Readiness,
+        metrics: &Metrics,
+    ) -> Result<Self, WriterError> {
         let probes = CancellationToken::new();
         let (pool, postgres) = vigil_common::postgres::connect_ready(
             &loaded.postgres,
@@ -171,6 +178,19 @@ impl Service for Writer {
                 })?;
             consumers.push((consumer, sink));
         }
+        let writer_metrics = metrics::WriterMetrics::new();
+        writer_metrics.register(metrics);
+        // Consumer lag of every sink, and the depth of the DLQ.
+        vigil_common::nats::watch_lag(
+            js.clone(),
+            store::Sink::ALL
+                .iter()
+                .map(|s| (s.stream().to_owned(), s.consumer().to_owned()))
+                .collect(),
+            vec![vigil_common::subjects::DLQ_STREAM.to_owned()],
+            metrics,
+            probes.clone(),
+        );
         let delivery = deliver::Delivery {
             store: std::sync::Arc::new(store::Store::new(pool.clone())),
             js: js.clone(),
@@ -178,6 +198,7 @@ impl Service for Writer {
             retry_base: loaded.retry_base,
             sink: store::Sink::Events,
             postgres,
+            metrics: writer_metrics,
         };
         Ok(Writer {
             pool,

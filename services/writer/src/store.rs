@@ -228,6 +228,15 @@ impl Sink {
         }
     }
 
+    /// The Postgres table the sink's rows go to.
+    pub fn table(self) -> &'static str {
+        match self {
+            Sink::Events => "events",
+            Sink::Findings => "findings",
+            Sink::Audit => "audit",
+        }
+    }
+
     pub fn stream(self) -> &'static str {
         match self {
             Sink::Events => vigil_common::subjects::EVENTS_STREAM,
