@@ -435,6 +435,8 @@ pub struct Mesh {
     pub correlator_metrics: Vec<SocketAddr>,
     /// Every service's Prometheus endpoint.
     pub metrics: MetricsAddrs,
+    /// Every service's registry (the names of all its metrics).
+    pub registries: Vec<vigil_common::metrics::Metrics>,
     shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     _pki_dir: tempfile::TempDir,
@@ -590,6 +592,12 @@ impl Mesh {
             reader: reader.health_addr(),
             correlators: correlator_health,
         };
+        let mut registries = vec![
+            gateway.metrics().clone(),
+            writer.metrics().clone(),
+            reader.metrics().clone(),
+        ];
+        registries.extend(correlators.iter().map(|c| c.metrics().clone()));
         let gateway_tls = gateway.service().tls();
         let reader_tls = reader.service().tls();
         let reader_policy = reader.service().policy().clone();
@@ -616,6 +624,7 @@ impl Mesh {
             reader_addr,
             correlator_metrics,
             metrics,
+            registries,
             shutdown,
             tasks,
             _pki_dir: pki_dir,

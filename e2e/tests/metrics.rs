@@ -295,3 +295,88 @@ async fn every_service_counts_a_known_load_exactly() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// The metric names an expression uses (`vigil_*` and `process_*`).
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let bytes = expr.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let at_word_start =
+            i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_');
+        if at_word_start && (expr[i..].starts_with("vigil_") || expr[i..].starts_with("process_")) {
+            let end = expr[i..]
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .map_or(expr.len(), |n| i + n);
+            names.push(expr[i..end].to_owned());
+            i = end;
+        } else {
+            i += 1;
+        }
+    }
+    names
+}
+
+fn promtool(args: &[&str]) -> anyhow::Result<()> {
+    let promtool = std::env::var("VIGIL_PROMTOOL").unwrap_or_else(|_| "promtool".into());
+    let out = std::process::Command::new(&promtool)
+        .args(args)
+        .current_dir(vigil_e2e::workspace_root())
+        .output()
+        .with_context(|| format!("running {promtool}"))?;
+    ensure!(
+        out.status.success(),
+        "promtool {}: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_and_dashboard_use_only_exported_metrics() -> anyhow::Result<()> {
+    // The rules load, their unit tests pass, the scrape config is valid.
+    promtool(&["check", "config", "deploy/prometheus/prometheus.yml"])?;
+    promtool(&["check", "rules", "deploy/prometheus/alerts.yml"])?;
+    promtool(&["test", "rules", "deploy/prometheus/alerts_test.yml"])?;
+
+    let mesh = Mesh::start().await?;
+    let exported: std::collections::BTreeSet<String> =
+        mesh.registries.iter().flat_map(|r| r.names()).collect();
+    let known = |name: &str| {
+        exported.contains(name)
+            || ["_bucket", "_sum", "_count"]
+                .iter()
+                .any(|s| name.strip_suffix(s).is_some_and(|b| exported.contains(b)))
+    };
+    let root = vigil_e2e::workspace_root();
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+        root.join("deploy/grafana/vigil-dashboard.json"),
+    )?)?;
+    let mut queries = Vec::new();
+    for panel in dashboard["panels"].as_array().context("panels")? {
+        for target in panel["targets"].as_array().context("targets")? {
+            queries.push(target["expr"].as_str().context("expr")?.to_owned());
+        }
+    }
+    ensure!(queries.len() >= 10, "{} dashboard queries", queries.len());
+    let rules = std::fs::read_to_string(root.join("deploy/prometheus/alerts.yml"))?;
+    let mut used = 0;
+    for (source, text) in queries
+        .iter()
+        .map(|q| ("dashboard", q.as_str()))
+        .chain([("alerts.yml", rules.as_str())])
+    {
+        for name in metric_names(text) {
+            ensure!(
+                known(&name),
+                "{source} uses {name}, which no service exports"
+            );
+            used += 1;
+        }
+    }
+    ensure!(used >= 30, "only {used} metric references found");
+    mesh.stop().await;
+    Ok(())
+}

@@ -49,6 +49,9 @@ pub struct Metrics {
     /// Run before every scrape: gauges that read their value from a state
     /// (readiness) rather than being set when it changes.
     refresh: Arc<Mutex<Vec<Refresh>>>,
+    /// Every registered metric's name, whether it has samples yet or not
+    /// (a labelled metric shows in `/metrics` only once it has a series).
+    names: Arc<Mutex<std::collections::BTreeSet<String>>>,
 }
 
 impl Default for Metrics {
@@ -63,6 +66,7 @@ impl Metrics {
         Self {
             registry: prometheus::Registry::new(),
             refresh: Arc::new(Mutex::new(Vec::new())),
+            names: Arc::new(Mutex::new(std::collections::BTreeSet::new())),
         }
     }
 
@@ -92,9 +96,16 @@ impl Metrics {
     /// [`prometheus::core::Collector`]). Registering the same name twice is
     /// a programming error: logged, and the second is not exported.
     pub fn register<C: prometheus::core::Collector + 'static>(&self, collector: C) {
+        let names: Vec<String> = collector.desc().iter().map(|d| d.fq_name.clone()).collect();
+        lock(&self.names).extend(names);
         if let Err(error) = self.registry.register(Box::new(collector)) {
             tracing::error!(%error, "metric not registered");
         }
+    }
+
+    /// The name of every registered metric.
+    pub fn names(&self) -> Vec<String> {
+        lock(&self.names).iter().cloned().collect()
     }
 
     /// Runs `refresh` before every scrape.
