@@ -118,6 +118,10 @@ enum Command {
         /// The class uid or OCSF name.
         class: String,
     },
+    /// Is the mesh healthy and keeping up? Every service's readiness,
+    /// version and uptime, stream depths, consumer lag, DLQ size and the
+    /// events/s of the last minute (exit 1 if a service is not ready).
+    Status(commands::status::Status),
     /// Operator commands.
     Admin {
         #[command(subcommand)]
@@ -202,6 +206,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     keep_days,
                 },
         } => commands::admin::retention(&database_url, keep_days).await,
+        Command::Status(args) => commands::status::status(args, &ca, output).await,
         Command::Dlq { nats, command } => commands::admin::dlq(&nats, &ca, output, command).await,
     }
 }

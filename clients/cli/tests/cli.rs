@@ -416,3 +416,150 @@ async fn retention_drops_whole_days_older_than_kept_and_refuses_too_few() -> any
     owner.close().await;
     Ok(())
 }
+
+/// `vigil status -o json` against `mesh`, with its exit status.
+fn status(mesh: &Mesh) -> anyhow::Result<(bool, serde_json::Value)> {
+    let m = &mesh.metrics;
+    let targets = format!(
+        "gateway={},writer={},reader={},correlator={}",
+        m.gateway, m.writer, m.reader, m.correlators[0]
+    );
+    let admin = mesh.pki.nats_client("admin");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["status", "-o", "json"])
+        .env("VIGIL_STATUS_METRICS", targets)
+        .env("VIGIL_NATS_URL", mesh.nats.url())
+        .env("VIGIL_NATS_ADMIN_CERT", &admin.cert)
+        .env("VIGIL_NATS_ADMIN_KEY", &admin.key)
+        .env("VIGIL_CA", mesh.pki.ca())
+        .output()?;
+    let body: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| anyhow::anyhow!("{e}: {}{}", text(&out.stdout), text(&out.stderr)))?;
+    Ok((out.status.success(), body))
+}
+
+fn service<'a>(body: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    body["services"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["service"] == name))
+        .unwrap_or(&serde_json::Value::Null)
+}
+
+fn consumer(body: &serde_json::Value, stream: &str, name: &str) -> (u64, u64) {
+    body["consumers"]
+        .as_array()
+        .and_then(|c| {
+            c.iter()
+                .find(|c| c["stream"] == stream && c["consumer"] == name)
+        })
+        .map_or((u64::MAX, u64::MAX), |c| {
+            (
+                c["pending"].as_u64().unwrap_or(u64::MAX),
+                c["ack_pending"].as_u64().unwrap_or(u64::MAX),
+            )
+        })
+}
+
+fn stream(body: &serde_json::Value, name: &str) -> u64 {
+    body["streams"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["stream"] == name))
+        .and_then(|s| s["messages"].as_u64())
+        .unwrap_or(u64::MAX)
+}
+
+async fn publish_batch(mesh: &Mesh, n: usize) -> anyhow::Result<()> {
+    let mut device = mesh.device("acme", "cam-01").await?;
+    let mut rng = rand::rng();
+    let events = (0..n)
+        .map(|_| {
+            vigil_client::events::sample(
+                vigil_client::events::Kind::Dns,
+                &mut rng,
+                vigil_common::now_millis(),
+            )
+        })
+        .collect();
+    let reply = device
+        .publish(vigil_proto::ingest::v1::PublishRequest { events })
+        .await?
+        .into_inner();
+    anyhow::ensure!(reply.accepted as usize == n, "{reply:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_readiness_depths_and_a_stopped_writer_falling_behind() -> anyhow::Result<()> {
+    let mesh = Mesh::start().await?;
+    // Two requests of one class and tenant: two EventBatch messages.
+    publish_batch(&mesh, 50).await?;
+    publish_batch(&mesh, 50).await?;
+    mesh.wait_for_events(100).await?;
+
+    // Healthy: every service ready with its version, EVENTS holds the two
+    // messages, the writer has read them all.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let body = loop {
+        let (ok, body) = status(&mesh)?;
+        if ok && consumer(&body, "EVENTS", "writer") == (0, 0) {
+            break body;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "status never healthy and caught up: {body:#}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    for name in ["gateway", "writer", "reader", "correlator"] {
+        let s = service(&body, name);
+        assert_eq!(s["ready"], true, "{body:#}");
+        assert_eq!(s["version"], env!("CARGO_PKG_VERSION"), "{body:#}");
+    }
+    assert_eq!(stream(&body, "EVENTS"), 2, "{body:#}");
+    assert_eq!(stream(&body, "DLQ"), 0, "{body:#}");
+    assert_eq!(body["dlq_messages"], 0);
+    // 100 accepted in the last minute.
+    assert_eq!(
+        body["events_per_second_last_minute"].as_f64(),
+        Some((100.0f64 / 60.0 * 10.0).round() / 10.0),
+        "{body:#}"
+    );
+
+    // The writer loses Postgres: not ready, naming it, and exit 1; what
+    // the devices send piles up on its consumer.
+    mesh.pg_proxy.cut();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (ok, body) = status(&mesh)?;
+        let writer = service(&body, "writer");
+        if !ok && writer["ready"] == false {
+            assert_eq!(writer["dependencies_down"], serde_json::json!(["postgres"]));
+            assert_eq!(body["healthy"], false);
+            assert_eq!(service(&body, "gateway")["ready"], true, "{body:#}");
+            break;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the writer never showed not ready: {body:#}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let behind = |body: &serde_json::Value| {
+        let (pending, ack_pending) = consumer(body, "EVENTS", "writer");
+        pending + ack_pending
+    };
+    publish_batch(&mesh, 10).await?;
+    let (_, first) = status(&mesh)?;
+    publish_batch(&mesh, 10).await?;
+    publish_batch(&mesh, 10).await?;
+    let (_, second) = status(&mesh)?;
+    assert!(behind(&first) >= 1, "{first:#}");
+    assert!(
+        behind(&second) >= behind(&first) + 2,
+        "{first:#}\n{second:#}"
+    );
+    assert_eq!(stream(&second, "EVENTS"), 5);
+    mesh.pg_proxy.restore();
+    mesh.stop().await;
+    Ok(())
+}

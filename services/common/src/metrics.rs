@@ -229,6 +229,51 @@ pub fn histogram(name: &str, help: &str, buckets: &[f64]) -> prometheus::Histogr
     histogram_vec(name, help, &[], buckets).with_label_values::<&str>(&[])
 }
 
+/// A count over the last 60 seconds (one bucket per second), for gauges
+/// like "events accepted in the last minute" that `vigil status` reads in
+/// one scrape.
+pub struct LastMinute {
+    buckets: [std::sync::atomic::AtomicU64; 60],
+    /// The second each bucket holds.
+    seconds: [std::sync::atomic::AtomicI64; 60],
+}
+
+impl Default for LastMinute {
+    fn default() -> Self {
+        Self {
+            buckets: std::array::from_fn(|_| std::sync::atomic::AtomicU64::new(0)),
+            seconds: std::array::from_fn(|_| std::sync::atomic::AtomicI64::new(-1)),
+        }
+    }
+}
+
+impl LastMinute {
+    fn now() -> i64 {
+        crate::now_millis() / 1000
+    }
+
+    pub fn add(&self, n: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let second = Self::now();
+        let i = second.rem_euclid(60) as usize;
+        if self.seconds[i].swap(second, Relaxed) != second {
+            // A new second in this bucket: what it held is a minute old.
+            self.buckets[i].store(0, Relaxed);
+        }
+        self.buckets[i].fetch_add(n, Relaxed);
+    }
+
+    /// The count of the last 60 seconds.
+    pub fn sum(&self) -> u64 {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = Self::now();
+        (0..60)
+            .filter(|&i| now - self.seconds[i].load(Relaxed) < 60)
+            .map(|i| self.buckets[i].load(Relaxed))
+            .sum()
+    }
+}
+
 /// Serves `GET /metrics` (and `HEAD`) on `listener` until `shutdown`;
 /// every other path is 404, every other method 405.
 pub async fn serve(listener: TcpListener, metrics: Metrics, shutdown: CancellationToken) {

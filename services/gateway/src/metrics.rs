@@ -3,7 +3,7 @@
 
 use prometheus::{Histogram, HistogramVec, IntCounterVec};
 use vigil_common::metrics::{
-    LATENCY_BUCKETS, Metrics, SIZE_BUCKETS, counter_vec, histogram, histogram_vec,
+    LATENCY_BUCKETS, LastMinute, Metrics, SIZE_BUCKETS, counter_vec, histogram, histogram_vec,
 };
 
 #[derive(Clone)]
@@ -20,6 +20,8 @@ pub struct GatewayMetrics {
     pub publish_duration: HistogramVec,
     /// EventBatch messages published and acknowledged.
     pub published_messages: IntCounterVec,
+    /// Events accepted over the last minute (what `vigil status` shows).
+    pub accepted_last_minute: std::sync::Arc<LastMinute>,
 }
 
 impl Default for GatewayMetrics {
@@ -52,6 +54,7 @@ impl GatewayMetrics {
                 "EventBatch messages published to JetStream, by result (ok, failed).",
                 &["result"],
             ),
+            accepted_last_minute: Default::default(),
         }
     }
 
@@ -60,5 +63,12 @@ impl GatewayMetrics {
         metrics.register(self.batch_events.clone());
         metrics.register(self.publish_duration.clone());
         metrics.register(self.published_messages.clone());
+        let last_minute = vigil_common::metrics::gauge(
+            "vigil_gateway_accepted_events_last_minute",
+            "Events accepted in the last 60 seconds.",
+        );
+        metrics.register(last_minute.clone());
+        let window = self.accepted_last_minute.clone();
+        metrics.on_scrape(move || last_minute.set(window.sum() as f64));
     }
 }

@@ -155,6 +155,7 @@ impl IngestApi {
                 .events
                 .with_label_values(&["accepted", ""])
                 .inc_by(valid);
+            metrics.accepted_last_minute.add(valid);
             metrics
                 .events
                 .with_label_values(&["duplicate", ""])

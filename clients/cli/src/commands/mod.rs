@@ -4,3 +4,4 @@ pub mod admin;
 pub mod query;
 pub mod schema;
 pub mod send;
+pub mod status;
