@@ -45,6 +45,9 @@ pub struct Delivery {
 }
 
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
+/// How often one message's insert is retried at once after losing a race
+/// with another transaction before it counts as Postgres trouble.
+const MAX_CONFLICT_RETRIES: usize = 10;
 
 struct Decoded {
     message: jetstream::Message,
@@ -197,7 +200,20 @@ impl Delivery {
     /// The batch had a poison message: store each message on its own.
     async fn isolate(&self, decoded: Vec<Decoded>) {
         for d in decoded {
-            match self.insert(&d.rows).await {
+            // A lost race with another batch (SQLSTATE class 40) says
+            // nothing about this message: retry it at once, as `handle`
+            // does, rather than spend one of its deliveries.
+            let mut result = self.insert(&d.rows).await;
+            for _ in 0..MAX_CONFLICT_RETRIES {
+                match &result {
+                    Err(error) if is_conflict(error) => {
+                        tokio::task::yield_now().await;
+                        result = self.insert(&d.rows).await;
+                    }
+                    _ => break,
+                }
+            }
+            match result {
                 Ok(_) => {
                     ack(&d.message).await;
                     self.count("committed", 1);
