@@ -129,14 +129,6 @@ impl Service {
         .with_context(|| format!("see {}", self.log.display()))
     }
 
-    /// Where the service serves `/metrics` (its `*_METRICS_LISTEN`).
-    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
-        self.env
-            .iter()
-            .find(|(k, _)| k.ends_with("_METRICS_LISTEN"))
-            .and_then(|(_, v)| v.parse().ok())
-    }
-
     /// Another instance of this service (not started): the same binary and
     /// settings with `overrides`, its own health and metrics ports and log.
     pub fn another(&self, suffix: &str, overrides: &[(&str, String)]) -> anyhow::Result<Service> {

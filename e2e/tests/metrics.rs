@@ -17,35 +17,10 @@ use vigil_common::subjects::{self, PROTOBUF_CONTENT_TYPE};
 use vigil_e2e::{Mesh, MeshOptions, wait_until};
 use vigil_proto::ingest::v1::{PublishRequest, RejectionCode};
 
-/// `promtool check metrics` on `text`; its complaints, if any.
+/// `promtool check metrics` on `text`; its complaints, if any (lint
+/// findings on naming and units are printed even with exit 0).
 fn promtool_check(name: &str, text: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    let promtool = std::env::var("VIGIL_PROMTOOL").unwrap_or_else(|_| "promtool".into());
-    let mut child = std::process::Command::new(&promtool)
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .with_context(|| {
-            format!("running {promtool} (Debian package prometheus; deploy/test installs it)")
-        })?;
-    child
-        .stdin
-        .take()
-        .context("promtool stdin")?
-        .write_all(text.as_bytes())?;
-    let out = child.wait_with_output()?;
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    ensure!(
-        out.status.success(),
-        "{name}: promtool check metrics: {said}"
-    );
-    // Lint findings (naming, units) are printed even with exit 0.
+    let said = promtool(&["check", "metrics"], Some(text))?;
     ensure!(
         said.trim().is_empty(),
         "{name}: promtool check metrics: {said}"
@@ -317,29 +292,45 @@ fn metric_names(expr: &str) -> Vec<String> {
     names
 }
 
-fn promtool(args: &[&str]) -> anyhow::Result<()> {
+/// Runs promtool (Debian package prometheus; deploy/test installs it) in
+/// the workspace with `stdin`; what it printed, or an error if it failed.
+fn promtool(args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
+    use std::io::Write;
+    use std::process::Stdio;
     let promtool = std::env::var("VIGIL_PROMTOOL").unwrap_or_else(|_| "promtool".into());
-    let out = std::process::Command::new(&promtool)
+    let mut child = std::process::Command::new(&promtool)
         .args(args)
         .current_dir(vigil_e2e::workspace_root())
-        .output()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .with_context(|| format!("running {promtool}"))?;
-    ensure!(
-        out.status.success(),
-        "promtool {}: {}{}",
-        args.join(" "),
+    let mut input = child.stdin.take().context("promtool stdin")?;
+    input.write_all(stdin.unwrap_or_default().as_bytes())?;
+    drop(input);
+    let out = child.wait_with_output()?;
+    let said = format!(
+        "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    Ok(())
+    ensure!(out.status.success(), "promtool {}: {said}", args.join(" "));
+    Ok(said)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alerts_and_dashboard_use_only_exported_metrics() -> anyhow::Result<()> {
     // The rules load, their unit tests pass, the scrape config is valid.
-    promtool(&["check", "config", "deploy/prometheus/prometheus.yml"])?;
-    promtool(&["check", "rules", "deploy/prometheus/alerts.yml"])?;
-    promtool(&["test", "rules", "deploy/prometheus/alerts_test.yml"])?;
+    promtool(
+        &["check", "config", "deploy/prometheus/prometheus.yml"],
+        None,
+    )?;
+    promtool(&["check", "rules", "deploy/prometheus/alerts.yml"], None)?;
+    promtool(
+        &["test", "rules", "deploy/prometheus/alerts_test.yml"],
+        None,
+    )?;
 
     let mesh = Mesh::start().await?;
     let exported: std::collections::BTreeSet<String> =
